@@ -1,0 +1,23 @@
+# The two commands a newcomer needs: `make demo` and `make test`. Both install what is missing.
+.PHONY: install demo test test-unit lint clean
+
+VENV := .venv
+BIN := $(VENV)/bin
+
+install:
+	@bash scripts/install.sh
+
+demo: install
+	$(BIN)/soundmon up --simulate 4
+
+test: install
+	$(BIN)/python -m pytest
+
+test-unit: install
+	$(BIN)/python -m pytest tests/unit
+
+lint: install
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -1,0 +1,3 @@
+from soundmon.cli import main
+
+main()

@@ -1,0 +1,69 @@
+"""Celery configuration shared by the producer (gateway) and the consumers (workers).
+
+Reliability choices, each backed by shared/reliability.md section 1:
+
+* ``task_acks_late`` + ``task_reject_on_worker_lost``: a task is acknowledged after it ran, and
+  a worker killed mid-task puts it back, so accepted frames survive a crash. Tasks are
+  idempotent (the store ignores a (device, boot, seq) it already has), so a redelivery only
+  costs time.
+* msgpack (binary frames stay bytes) or JSON; pickle is never accepted.
+* Redis ``visibility_timeout`` set in all the places kombu reads it, and the unacked-restore
+  sweep tightened from about 100 s to a few seconds so a killed worker's batches come back fast.
+* ``task_publish_retry`` with a longer policy than the 0.4 s default; the gateway still treats
+  a failed publish as "not accepted" and does not acknowledge the MQTT messages.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from soundmon import tasknames
+from soundmon.settings import Settings
+
+
+def celery_config(settings: Settings) -> dict:
+    vt = settings.visibility_timeout_s
+    transport: dict = {}
+    if settings.broker_url.startswith(("redis", "rediss")):
+        transport = {
+            "visibility_timeout": vt,
+            # restore unacked messages every few seconds instead of roughly every 100 s
+            "unacked_restore_interval": max(1, min(5, vt // 4)),
+            "unacked_restore_throttle": 1,
+        }
+    return {
+        "broker_url": settings.broker_url,
+        "result_backend": settings.redis_url,
+        "broker_transport_options": transport,
+        "result_backend_transport_options": {"visibility_timeout": vt} if transport else {},
+        "visibility_timeout": vt,
+        "broker_connection_retry_on_startup": True,
+        "task_serializer": "msgpack",
+        "result_serializer": "json",
+        "accept_content": ["msgpack", "json"],
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "task_ignore_result": True,
+        "task_routes": tasknames.ROUTES,
+        "task_default_queue": tasknames.PREPROCESS_QUEUE,
+        "task_publish_retry": True,
+        "task_publish_retry_policy": {
+            "max_retries": 10,
+            "interval_start": 0,
+            "interval_step": 0.2,
+            "interval_max": 1.0,
+        },
+        # each task carries a whole batch; a small prefetch keeps redelivery cheap
+        "worker_prefetch_multiplier": 2,
+        "worker_send_task_events": True,  # Flower shows each worker's load
+        "task_send_sent_event": False,
+        "worker_hijack_root_logger": False,
+        "worker_soft_shutdown_timeout": 10.0,
+        "result_expires": 3600,
+    }
+
+
+def make_celery(settings: Settings, main: str = "soundmon") -> Celery:
+    app = Celery(main)
+    app.conf.update(celery_config(settings))
+    return app

@@ -1,0 +1,45 @@
+"""The ``soundmon`` command: one entry point for every service and tool.
+
+Each subcommand lives next to the code it runs and is imported only when called, so
+``soundmon --help`` stays fast and a worker never imports the web stack.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+
+from soundmon import __version__
+
+#: subcommand -> "module:attribute" of its click command
+COMMANDS = {
+    "up": "soundmon.up:up_command",
+    "gateway": "gateway.service:gateway_command",
+    "worker": "workers.app:worker_command",
+    "dashboard": "dashboard.server:dashboard_command",
+    "flower": "workers.app:flower_command",
+    "simulate": "soundmon.simulate:simulate_command",
+    "service-config": "soundmon.services:service_config_command",
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        target = COMMANDS.get(name)
+        if target is None:
+            return None
+        module, attr = target.split(":")
+        return getattr(importlib.import_module(module), attr)
+
+
+@click.group(cls=LazyGroup)
+@click.version_option(__version__, prog_name="soundmon")
+def main() -> None:
+    """soundmon: sound monitoring from ESP32 microphones to alerts and a live dashboard.
+
+    Start everything on this machine with ``soundmon up --simulate 4``.
+    """

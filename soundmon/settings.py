@@ -1,0 +1,93 @@
+"""One typed settings object for every soundmon service, read from ``SOUNDMON_*`` variables.
+
+Values are validated when a service starts, so a bad URL or port fails fast with a message
+instead of deep inside a worker. ``.env.example`` lists every variable with its default.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_data_dir() -> Path:
+    """``$SOUNDMON_DATA``, else ``$XDG_DATA_HOME/soundmon``, else ``~/.local/share/soundmon``."""
+    xdg = os.environ.get("XDG_DATA_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".local" / "share") / "soundmon"
+
+
+class Settings(BaseSettings):
+    """Configuration shared by the gateway, the workers, the API and the CLI."""
+
+    model_config = SettingsConfigDict(env_prefix="SOUNDMON_", extra="ignore")
+
+    data_dir: Path = Field(
+        default_factory=default_data_dir,
+        validation_alias=AliasChoices("SOUNDMON_DATA", "SOUNDMON_DATA_DIR"),
+    )
+
+    # MQTT broker the devices publish to
+    mqtt_host: str = "127.0.0.1"
+    mqtt_port: int = Field(1883, ge=1, le=65535)
+    mqtt_username: str | None = None
+    mqtt_password: str | None = None
+    mqtt_prefix: str = "soundmon"
+
+    # Celery broker (Redis by default, amqp:// for RabbitMQ) and the Redis used for live events
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # Seconds before Redis hands an unacknowledged task to another worker. Tasks take
+    # milliseconds, so a minute is ample and bounds the recovery after a worker is killed.
+    visibility_timeout_s: int = Field(60, ge=2)
+
+    # Gateway
+    gateway_id: str = "gw1"
+    share_group: str | None = None
+    batch_max_frames: int = Field(64, ge=1, le=10_000)
+    batch_max_wait_ms: int = Field(25, ge=0, le=10_000)
+    # MQTT v5 receive maximum: unacknowledged frames the broker may have in flight to us.
+    # It bounds a batch from above, so it must exceed batch_max_frames comfortably.
+    max_inflight: int = Field(1000, ge=1, le=65535)
+
+    # API
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(8000, ge=1, le=65535)
+    api_token: str | None = None
+
+    # Default bounds (protocol.md section 3), inclusive
+    level_min_db: float = 60.0
+    level_max_db: float = 80.0
+    freq_min_hz: float = 20.0
+    freq_max_hz: float = 20000.0
+    # An alert opens after this long continuously out of bounds, and resolves after this long
+    # continuously back inside: one noisy frame neither raises nor clears an alert.
+    alert_open_s: float = Field(1.0, ge=0)
+    alert_resolve_s: float = Field(2.0, ge=0)
+
+    @field_validator("broker_url")
+    @classmethod
+    def _broker_scheme(cls, v: str) -> str:
+        if not v.startswith(("redis://", "rediss://", "amqp://", "amqps://", "pyamqp://")):
+            raise ValueError("SOUNDMON_BROKER_URL must be a redis:// or amqp:// URL")
+        return v
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, v: str) -> str:
+        if not v.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("SOUNDMON_REDIS_URL must be a redis:// URL")
+        return v
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "soundmon.db"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()

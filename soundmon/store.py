@@ -1,0 +1,447 @@
+"""The level store: devices, per-frame levels, alerts and calibration offsets.
+
+``Store`` is the interface every backend implements (SQLite now, InfluxDB later); the
+services only use these methods. ``SQLiteStore`` is the embedded default: one file under the
+data directory in WAL mode, shared safely by the worker processes and the API.
+
+Writes are idempotent: a level is keyed by (device, boot, seq, idx) and inserted with
+``INSERT OR IGNORE``, so a batch that Celery redelivers is stored once.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from soundmon.metrics import mask_to_flags
+from soundmon.profiles import profile_for
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(slots=True)
+class LevelRow:
+    """One stored measurement: a kind-1 frame, or one record of a kind-2/3 frame."""
+
+    device: str
+    boot: int
+    seq: int
+    idx: int
+    t_ms: int
+    kind: int
+    rate: int
+    n: int
+    dbfs: float | None
+    lzeq: float | None
+    laeq: float | None
+    dominant_hz: float | None
+    clip_frac: float | None
+    duty: float | None
+    edges: int | None
+    k_db: float | None
+    flags: int
+
+    def api(self) -> dict[str, Any]:
+        return {
+            "t_ms": self.t_ms,
+            "seq": self.seq,
+            "boot": self.boot,
+            "kind": self.kind,
+            "dbfs": _round(self.dbfs, 3),
+            "laeq": _round(self.laeq, 3),
+            "lzeq": _round(self.lzeq, 3),
+            "dominant_hz": _round(self.dominant_hz, 2),
+            "duty": self.duty,
+            "edges": self.edges,
+            "clip_frac": self.clip_frac,
+            "flags": mask_to_flags(self.flags),
+        }
+
+
+@dataclass(slots=True)
+class Alert:
+    id: int
+    device: str
+    kind: str
+    state: str
+    value: float
+    threshold: float
+    unit: str
+    started_ms: int
+    ended_ms: int | None
+    worst: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class DeviceCalibration:
+    k_db: float | None  # None: the sensor gives no level (lm393)
+    calibrated: bool
+    noise_floor_dbfs: float | None
+
+
+class Store(Protocol):
+    """What the services need from a level store."""
+
+    def insert_levels(self, rows: Sequence[LevelRow]) -> int: ...
+    def levels(self, device: str, start_ms: int, end_ms: int, limit: int) -> list[LevelRow]: ...
+    def touch_devices(self, latest: Iterable[LevelRow]) -> None: ...
+    def set_status(self, device: str, status: dict[str, Any], recv_ms: int) -> None: ...
+    def devices(self) -> list[dict[str, Any]]: ...
+    def device(self, device: str) -> dict[str, Any] | None: ...
+    def calibrations(self, devices: Iterable[str]) -> dict[str, DeviceCalibration]: ...
+    def set_calibration(self, device: str, offset_db: float, source: str) -> None: ...
+    def alerts(self, device: str | None, state: str | None, limit: int) -> list[Alert]: ...
+
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS devices (
+    id TEXT PRIMARY KEY,
+    sensor TEXT,
+    fw TEXT,
+    rate INTEGER,
+    frame_ms INTEGER,
+    state TEXT NOT NULL DEFAULT 'unknown',
+    status_json TEXT,
+    last_status_ms INTEGER,
+    last_seen_ms INTEGER,
+    calibration_db REAL,
+    last_t_ms INTEGER,
+    dbfs REAL, lzeq REAL, laeq REAL, dominant_hz REAL, flags INTEGER,
+    created_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS levels (
+    device TEXT NOT NULL, boot INTEGER NOT NULL, seq INTEGER NOT NULL, idx INTEGER NOT NULL,
+    t_ms INTEGER NOT NULL, kind INTEGER NOT NULL, rate INTEGER NOT NULL, n INTEGER NOT NULL,
+    dbfs REAL, lzeq REAL, laeq REAL, dominant_hz REAL, clip_frac REAL,
+    duty REAL, edges INTEGER, k_db REAL, flags INTEGER NOT NULL,
+    PRIMARY KEY (device, boot, seq, idx)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS levels_by_time ON levels (device, t_ms);
+CREATE TABLE IF NOT EXISTS calibrations (
+    id INTEGER PRIMARY KEY,
+    device TEXT NOT NULL, t_ms INTEGER NOT NULL, offset_db REAL NOT NULL, source TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS alerts (
+    id INTEGER PRIMARY KEY,
+    device TEXT NOT NULL, kind TEXT NOT NULL, state TEXT NOT NULL,
+    value REAL NOT NULL, threshold REAL NOT NULL, unit TEXT NOT NULL,
+    started_ms INTEGER NOT NULL, ended_ms INTEGER, worst REAL NOT NULL,
+    extra TEXT NOT NULL DEFAULT '{}'
+);
+-- exactly one unresolved alert per device and kind: the database enforces "no storm"
+CREATE UNIQUE INDEX IF NOT EXISTS one_open_alert ON alerts (device, kind) WHERE ended_ms IS NULL;
+CREATE INDEX IF NOT EXISTS alerts_by_time ON alerts (started_ms);
+CREATE TABLE IF NOT EXISTS alert_state (
+    device TEXT PRIMARY KEY,
+    hwm_t_ms INTEGER NOT NULL,      -- newest level time analysed (redelivered batches skip)
+    state_json TEXT NOT NULL
+);
+"""
+
+
+def _round(v: float | None, nd: int) -> float | None:
+    return None if v is None else round(v, nd)
+
+
+class SQLiteStore:
+    """SQLite in WAL mode; one connection per thread, safe across processes."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        with self._conn() as db:
+            db.executescript(SCHEMA)
+
+    def _conn(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")  # WAL: durable across process crashes
+            db.execute("PRAGMA busy_timeout=30000")
+            self._local.db = db
+        return _Tx(db)  # type: ignore[return-value]
+
+    def ping(self) -> None:
+        with self._conn() as db:
+            db.execute("SELECT 1").fetchone()
+
+    # ---- levels -------------------------------------------------------------------------
+    def insert_levels(self, rows: Sequence[LevelRow]) -> int:
+        """Insert rows not stored yet; return how many were new."""
+        if not rows:
+            return 0
+        with self._conn() as db, _transaction(db):
+            before = db.total_changes
+            db.executemany(
+                "INSERT OR IGNORE INTO levels VALUES "
+                "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                [
+                    (r.device, r.boot, r.seq, r.idx, r.t_ms, r.kind, r.rate, r.n, r.dbfs,
+                     r.lzeq, r.laeq, r.dominant_hz, r.clip_frac, r.duty, r.edges, r.k_db,
+                     r.flags)
+                    for r in rows
+                ],
+            )
+            return db.total_changes - before
+
+    def levels(self, device: str, start_ms: int, end_ms: int, limit: int = 10_000) -> list[LevelRow]:
+        """Levels of one device with start_ms <= t_ms <= end_ms, oldest first."""
+        with self._conn() as db:
+            cur = db.execute(
+                "SELECT * FROM levels WHERE device=? AND t_ms BETWEEN ? AND ? "
+                "ORDER BY t_ms, boot, seq, idx LIMIT ?",
+                (device, start_ms, end_ms, limit),
+            )
+            return [LevelRow(**dict(row)) for row in cur]
+
+    def count_levels(self, device: str | None = None) -> int:
+        with self._conn() as db:
+            if device is None:
+                return db.execute("SELECT count(*) FROM levels").fetchone()[0]
+            return db.execute("SELECT count(*) FROM levels WHERE device=?", (device,)).fetchone()[0]
+
+    # ---- devices ------------------------------------------------------------------------
+    def _ensure_device(self, db: sqlite3.Connection, device: str) -> None:
+        db.execute("INSERT OR IGNORE INTO devices (id, created_ms) VALUES (?, ?)",
+                   (device, now_ms()))
+
+    def touch_devices(self, latest: Iterable[LevelRow]) -> None:
+        """Record the newest level of each device (for the device list) and its last-seen time."""
+        seen = now_ms()
+        with self._conn() as db, _transaction(db):
+            for r in latest:
+                self._ensure_device(db, r.device)
+                db.execute(
+                    "UPDATE devices SET last_seen_ms=max(coalesce(last_seen_ms,0), ?), "
+                    "rate=coalesce(rate, ?) WHERE id=?",
+                    (seen, r.rate if r.kind == 1 else None, r.device),
+                )
+                db.execute(
+                    "UPDATE devices SET last_t_ms=?, dbfs=?, lzeq=?, laeq=?, dominant_hz=?, "
+                    "flags=? WHERE id=? AND coalesce(last_t_ms, -1) <= ?",
+                    (r.t_ms, r.dbfs, r.lzeq, r.laeq, r.dominant_hz, r.flags, r.device, r.t_ms),
+                )
+
+    def set_status(self, device: str, status: dict[str, Any], recv_ms: int) -> None:
+        state = str(status.get("state", "unknown"))[:16]
+        with self._conn() as db:
+            self._ensure_device(db, device)
+            db.execute(
+                "UPDATE devices SET state=?, status_json=?, last_status_ms=?, "
+                "sensor=coalesce(?, sensor), fw=coalesce(?, fw), rate=coalesce(?, rate), "
+                "frame_ms=coalesce(?, frame_ms), last_seen_ms=max(coalesce(last_seen_ms,0), ?) "
+                "WHERE id=?",
+                (
+                    state, json.dumps(status), recv_ms,
+                    _str_or_none(status.get("sensor")), _str_or_none(status.get("fw")),
+                    _int_or_none(status.get("rate")), _int_or_none(status.get("frame_ms")),
+                    recv_ms, device,
+                ),
+            )
+
+    def devices(self) -> list[dict[str, Any]]:
+        with self._conn() as db:
+            return [self._device_dict(row) for row in db.execute("SELECT * FROM devices ORDER BY id")]
+
+    def device(self, device: str) -> dict[str, Any] | None:
+        with self._conn() as db:
+            row = db.execute("SELECT * FROM devices WHERE id=?", (device,)).fetchone()
+        return self._device_dict(row) if row else None
+
+    @staticmethod
+    def _device_dict(row: sqlite3.Row) -> dict[str, Any]:
+        profile = profile_for(row["sensor"])
+        k = row["calibration_db"]
+        return {
+            "id": row["id"],
+            "online": row["state"] == "online",
+            "state": row["state"],
+            "last_seen": row["last_seen_ms"],
+            "sensor": row["sensor"],
+            "fw": row["fw"],
+            "rate": row["rate"],
+            "frame_ms": row["frame_ms"],
+            "laeq": _round(row["laeq"], 2),
+            "lzeq": _round(row["lzeq"], 2),
+            "dbfs": _round(row["dbfs"], 2),
+            "dominant_hz": _round(row["dominant_hz"], 1),
+            "level_t_ms": row["last_t_ms"],
+            "flags": mask_to_flags(row["flags"] or 0),
+            "calibration_db": k if k is not None else profile.default_k_db,
+            "calibrated": k is not None,
+            "status": json.loads(row["status_json"]) if row["status_json"] else None,
+        }
+
+    # ---- calibration --------------------------------------------------------------------
+    def calibrations(self, devices: Iterable[str]) -> dict[str, DeviceCalibration]:
+        ids = sorted(set(devices))
+        out: dict[str, DeviceCalibration] = {}
+        with self._conn() as db:
+            rows = {
+                r["id"]: r
+                for r in db.execute(
+                    f"SELECT id, sensor, calibration_db FROM devices WHERE id IN "
+                    f"({','.join('?' * len(ids))})",
+                    ids,
+                )
+            }
+        for dev in ids:
+            row = rows.get(dev)
+            profile = profile_for(row["sensor"] if row else None)
+            if row is not None and row["calibration_db"] is not None:
+                out[dev] = DeviceCalibration(row["calibration_db"], True, profile.noise_floor_dbfs)
+            else:
+                out[dev] = DeviceCalibration(profile.default_k_db, False, profile.noise_floor_dbfs)
+        return out
+
+    def set_calibration(self, device: str, offset_db: float, source: str = "api") -> None:
+        with self._conn() as db:
+            self._ensure_device(db, device)
+            db.execute("UPDATE devices SET calibration_db=? WHERE id=?", (offset_db, device))
+            db.execute(
+                "INSERT INTO calibrations (device, t_ms, offset_db, source) VALUES (?,?,?,?)",
+                (device, now_ms(), offset_db, source),
+            )
+
+    def calibration_history(self, device: str) -> list[dict[str, Any]]:
+        with self._conn() as db:
+            return [
+                dict(r)
+                for r in db.execute(
+                    "SELECT t_ms, offset_db, source FROM calibrations WHERE device=? ORDER BY id",
+                    (device,),
+                )
+            ]
+
+    # ---- alerts -------------------------------------------------------------------------
+    def alerts(
+        self, device: str | None = None, state: str | None = None, limit: int = 1000
+    ) -> list[Alert]:
+        sql, args = "SELECT * FROM alerts WHERE 1=1", []
+        if device:
+            sql += " AND device=?"
+            args.append(device)
+        if state:
+            sql += " AND state=?"
+            args.append(state)
+        sql += " ORDER BY id DESC LIMIT ?"
+        args.append(limit)
+        with self._conn() as db:
+            return [self._alert(r) for r in db.execute(sql, args)]
+
+    @staticmethod
+    def _alert(r: sqlite3.Row) -> Alert:
+        d = dict(r)
+        d["extra"] = json.loads(d["extra"])
+        return Alert(**d)
+
+    def run_analysis(
+        self, device: str, analyse: Callable[[int, dict[str, Any], dict[str, Alert]], Any]
+    ) -> Any:
+        """Analyse one device under the database write lock and commit the outcome atomically.
+
+        ``analyse(hwm_t_ms, state, open_alerts)`` returns an object with ``hwm_t_ms``,
+        ``state``, ``opened`` (alerts), ``resolved`` ((id, ended_ms) pairs) and ``worst``
+        ((id, value) pairs). Holding the lock from read to write means two analyze processes
+        never interleave on one device. Alerts in ``opened`` get their ids set; an alert
+        the unique index refuses (already open) is dropped from ``opened``.
+        """
+        with self._conn() as db, _transaction(db):
+            row = db.execute(
+                "SELECT hwm_t_ms, state_json FROM alert_state WHERE device=?", (device,)
+            ).fetchone()
+            hwm, state = (row[0], json.loads(row[1])) if row else (-1, {})
+            open_rows = db.execute(
+                "SELECT * FROM alerts WHERE device=? AND ended_ms IS NULL", (device,)
+            ).fetchall()
+            outcome = analyse(hwm, state, {r["kind"]: self._alert(r) for r in open_rows})
+            for alert_id, value in outcome.worst:
+                db.execute("UPDATE alerts SET worst=? WHERE id=?", (value, alert_id))
+            for alert_id, ended in outcome.resolved:
+                db.execute(
+                    "UPDATE alerts SET state='resolved', ended_ms=? WHERE id=? AND ended_ms IS NULL",
+                    (ended, alert_id),
+                )
+            made = []
+            for a in outcome.opened:
+                cur = db.execute(
+                    "INSERT OR IGNORE INTO alerts (device, kind, state, value, threshold, unit, "
+                    "started_ms, ended_ms, worst, extra) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    (a.device, a.kind, a.state, a.value, a.threshold, a.unit, a.started_ms,
+                     a.ended_ms, a.worst, json.dumps(a.extra)),
+                )
+                if cur.rowcount:
+                    a.id = cur.lastrowid or 0
+                    made.append(a)
+            outcome.opened = made
+            db.execute(
+                "INSERT INTO alert_state (device, hwm_t_ms, state_json) VALUES (?,?,?) "
+                "ON CONFLICT(device) DO UPDATE SET hwm_t_ms=excluded.hwm_t_ms, "
+                "state_json=excluded.state_json",
+                (device, outcome.hwm_t_ms, json.dumps(outcome.state)),
+            )
+        return outcome
+
+    def open_alerts(self, device: str) -> dict[str, Alert]:
+        with self._conn() as db:
+            rows = db.execute(
+                "SELECT * FROM alerts WHERE device=? AND ended_ms IS NULL", (device,)
+            ).fetchall()
+        return {r["kind"]: self._alert(r) for r in rows}
+
+    def alert(self, alert_id: int) -> Alert | None:
+        with self._conn() as db:
+            r = db.execute("SELECT * FROM alerts WHERE id=?", (alert_id,)).fetchone()
+        return self._alert(r) if r else None
+
+
+class _Tx:
+    """Context manager returning the connection; autocommit mode, explicit BEGIN where needed."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> sqlite3.Connection:
+        return self.db
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.db, name)
+
+
+@contextmanager
+def _transaction(db: sqlite3.Connection) -> Iterator[None]:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any error (the connection is in autocommit)."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+def _str_or_none(v: Any) -> str | None:
+    return None if v is None else str(v)[:64]
+
+
+def _int_or_none(v: Any) -> int | None:
+    try:
+        return None if v is None else int(v)
+    except (TypeError, ValueError):
+        return None

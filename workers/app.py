@@ -1,0 +1,141 @@
+"""The Celery app: thin tasks over the pure preprocess and analysis modules.
+
+Two queues, two worker processes (the user's design): ``soundmon worker preprocess`` computes
+levels from raw frames, ``soundmon worker analyze`` checks bounds and raises alerts. Tasks
+are idempotent (see soundmon.store and workers.analysis), acknowledged late, and retried
+with backoff on infrastructure errors; a batch is never half-applied.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections import defaultdict
+from typing import Any
+
+import click
+
+from soundmon import events, tasknames
+from soundmon.celeryconf import make_celery
+from soundmon.settings import get_settings
+from soundmon.store import Alert, LevelRow, now_ms
+from workers import outputs
+from workers.analysis import Bounds, analyse
+from workers.preprocess import decode_batch, levels_for_batch
+
+log = logging.getLogger("soundmon.workers")
+
+settings = get_settings()
+app = make_celery(settings, "workers")
+
+#: retry infrastructure failures (database locked, broker hiccup) with capped backoff
+RETRY = dict(autoretry_for=(Exception,), retry_backoff=True, retry_backoff_max=30,
+             max_retries=20, retry_jitter=True)
+
+
+def _analysis_input(row: LevelRow) -> dict[str, Any]:
+    return {"device": row.device, "boot": row.boot, "seq": row.seq, "t_ms": row.t_ms,
+            "kind": row.kind, "rate": row.rate, "n": row.n, "laeq": row.laeq,
+            "dominant_hz": row.dominant_hz, "flags": row.flags}
+
+
+def _live(row: LevelRow) -> dict[str, Any]:
+    d = row.api()
+    d["device"] = row.device
+    return d
+
+
+@app.task(name=tasknames.PREPROCESS, **RETRY)
+def preprocess(batch: list[list[Any]]) -> int:
+    """Levels for a batch of ``[device, recv_ms, frame bytes]``: store, publish, hand to analyze."""
+    store = outputs.store()
+    decoded = decode_batch(batch)
+    if not decoded:
+        return 0
+    cal = store.calibrations({d for d, _, _ in decoded})
+    rows = levels_for_batch(decoded, cal)
+    new = store.insert_levels(rows)
+    latest: dict[str, LevelRow] = {}
+    for r in rows:
+        if r.device not in latest or r.t_ms >= latest[r.device].t_ms:
+            latest[r.device] = r
+    store.touch_devices(latest.values())
+    events.publish(outputs.redis_client(), "level", [_live(r) for r in rows])
+    app.send_task(tasknames.ANALYZE, args=[[_analysis_input(r) for r in rows]])
+    return new
+
+
+def alert_event(alert: Alert) -> dict[str, Any]:
+    """An alert as protocol.md's MQTT alert payload (also the live-stream event)."""
+    return {
+        "id": str(alert.id), "device": alert.device, "kind": alert.kind, "state": alert.state,
+        "value": alert.value, "threshold": alert.threshold, "unit": alert.unit,
+        "worst": alert.worst, "started": outputs.iso(alert.started_ms),
+        "ended": outputs.iso(alert.ended_ms) if alert.ended_ms else None,
+    }
+
+
+@app.task(name=tasknames.ANALYZE, **RETRY)
+def analyze(levels: list[dict[str, Any]]) -> int:
+    """Check bounds per device, open and resolve alerts, and announce changes."""
+    s = get_settings()
+    bounds = Bounds(s.level_min_db, s.level_max_db, s.freq_min_hz, s.freq_max_hz,
+                    s.alert_open_s, s.alert_resolve_s)
+    by_device: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for lv in levels:
+        by_device[lv["device"]].append(lv)
+    changed = 0
+    store = outputs.store()
+    for device, items in by_device.items():
+        outcome = store.run_analysis(
+            device, lambda hwm, st, open_, d=device, i=items: analyse(d, i, hwm, st, open_, bounds)
+        )
+        for alert in [*outcome.opened, *outcome.resolved_alerts]:
+            payload = alert_event(alert)
+            log.info("alert %s %s %s value=%s", alert.device, alert.kind, alert.state, alert.value)
+            outputs.publish_alert(device, payload)
+            events.publish(outputs.redis_client(), "alert", payload)
+            changed += 1
+    return changed
+
+
+@app.task(name=tasknames.DEVICE_STATUS, **RETRY)
+def device_status(device: str, status: dict[str, Any], recv_ms: int | None = None) -> None:
+    """Record a status message (online/offline, firmware, sensor, rate) in the registry."""
+    store = outputs.store()
+    store.set_status(device, status, recv_ms or now_ms())
+    info = store.device(device)
+    if info is not None:
+        events.publish(outputs.redis_client(), "device", info)
+
+
+def _celery_argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "celery", "-A", "workers.app", *args]
+
+
+@click.command("worker")
+@click.argument("queue", type=click.Choice([tasknames.PREPROCESS_QUEUE, tasknames.ANALYZE_QUEUE]))
+@click.option("--concurrency", "-c", type=int, default=None,
+              help="Worker processes (default: 2 for preprocess, 1 for analyze).")
+@click.option("--name", default=None, help="Node name (default QUEUE@%h).")
+@click.option("--loglevel", default="INFO", show_default=True)
+@click.option("--data", "data_dir", type=click.Path(file_okay=False), default=None,
+              help="Data directory (default: $SOUNDMON_DATA).")
+def worker_command(queue: str, concurrency: int | None, name: str | None, loglevel: str,
+                   data_dir: str | None) -> None:
+    """Run a Celery worker for the preprocess or the analyze queue."""
+    if data_dir:
+        os.environ["SOUNDMON_DATA"] = data_dir
+    conc = concurrency or (2 if queue == tasknames.PREPROCESS_QUEUE else 1)
+    argv = _celery_argv("worker", "-Q", queue, "-n", name or f"{queue}@%h", "-c", str(conc),
+                        "--loglevel", loglevel, "-E", "--without-gossip", "--without-mingle")
+    os.execv(sys.executable, argv)
+
+
+@click.command("flower")
+@click.option("--port", type=int, default=5555, show_default=True)
+@click.option("--address", default="127.0.0.1", show_default=True)
+def flower_command(port: int, address: str) -> None:
+    """Run Flower, the Celery monitor that shows each worker's load."""
+    os.execv(sys.executable, _celery_argv("flower", f"--port={port}", f"--address={address}"))
