@@ -69,10 +69,14 @@ connection_messages false
 
 def redis_conf(port: int, data_dir: Path | str, bind: str = "127.0.0.1") -> str:
     """redis.conf for soundmon: AOF on so queued batches survive a crash (about 1 s at risk)."""
+    # Protected mode refuses every non-loopback client of a password-less Redis; on a
+    # container network (compose) the clients are remote, so it is off there and Redis is
+    # not published outside that network.
+    protected = "yes" if bind.startswith("127.") else "no"
     return f"""# redis configuration written by soundmon (soundmon service-config redis)
 port {port}
 bind {bind}
-protected-mode yes
+protected-mode {protected}
 dir {data_dir}
 appendonly yes
 appendfsync everysec
