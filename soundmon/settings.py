@@ -23,7 +23,7 @@ def default_data_dir() -> Path:
 class Settings(BaseSettings):
     """Configuration shared by the gateway, the workers, the API and the CLI."""
 
-    model_config = SettingsConfigDict(env_prefix="SOUNDMON_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="SOUNDMON_", extra="ignore", populate_by_name=True)
 
     data_dir: Path = Field(
         default_factory=default_data_dir,

@@ -142,7 +142,6 @@ def up_command(n_devices: int, scene: str | None, data_dir: Path | None, http_po
         sim = ["simulate", "--devices", str(n_devices), "--broker", f"{host}:{mqtt}"]
         apps.append(Process("simulator", soundmon_argv(*sim, *(["--scene", scene] if scene else [])),
                             env, logs / "simulator.log"))
-    everything = infra + apps
     run_dir = data / "run"
     run_dir.mkdir(exist_ok=True)
 
