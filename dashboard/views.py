@@ -22,10 +22,14 @@ def present_device(device: dict[str, Any], now_ms: int) -> dict[str, Any]:
     """The store's device dict with ``online`` cleared when ``last_seen`` is too old.
 
     The stored ``state`` is left as it is: it is what the device last said.
+    A device that never sent a status (or whose status is "unknown") but streams frames
+    counts as online while its frames are fresh.
     """
     last_seen = device.get("last_seen")
     fresh = last_seen is not None and now_ms - last_seen <= STALE_AFTER_MS
-    return {**device, "online": bool(device.get("online")) and fresh}
+    said = device.get("state")
+    online = bool(device.get("online")) or (said in (None, "unknown") and fresh)
+    return {**device, "online": online and fresh}
 
 
 def iso_z(t_ms: int | None) -> str | None:
@@ -89,13 +93,14 @@ def time_range_ms(
 def gateway_stats(fields: dict[Any, Any]) -> dict[str, Any]:
     """The Redis hash ``soundmon:gateway:stats`` as ``{"gateways": ..., "totals": ...}``.
 
-    Fields are ``"<gateway_id>:<counter>"``; a field without ``:`` or with a non-integer
+    Fields are ``"<gateway_id>:<counter>"``, split at the first colon (gateway ids have none;
+    counters may, e.g. ``rejected:bad_magic``); a field without ``:`` or with a non-integer
     value is skipped (it is not ours).
     """
     gateways: dict[str, dict[str, int]] = {}
     totals: dict[str, int] = {}
     for key, raw in sorted((_text(k), v) for k, v in fields.items()):
-        gw_id, sep, counter = key.rpartition(":")
+        gw_id, sep, counter = key.partition(":")
         try:
             n = int(raw)
         except (TypeError, ValueError):

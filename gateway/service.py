@@ -31,10 +31,10 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from gateway.intake import ACK_NOW, Batch, Intake
 from soundmon import events, tasknames
 from soundmon.celeryconf import make_celery
 from soundmon.settings import Settings, get_settings
-from gateway.intake import ACK_NOW, Batch, Intake
 
 log = logging.getLogger("soundmon.gateway")
 

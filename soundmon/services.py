@@ -45,7 +45,7 @@ def mosquitto_conf(port: int, data_dir: Path | str, bind: str = "127.0.0.1",
     return f"""# mosquitto configuration written by soundmon (soundmon service-config mosquitto)
 listener {port} {bind}
 # Local demo and tests: anonymous on loopback. For devices on a network use a password_file
-# and ACLs (docs/deployment.md).
+# and ACLs (README: Docker Compose).
 allow_anonymous true
 persistence true
 persistence_location {data}

@@ -64,9 +64,11 @@ class Settings(BaseSettings):
     freq_min_hz: float = 20.0
     freq_max_hz: float = 20000.0
     # An alert opens after this long continuously out of bounds, and resolves after this long
-    # continuously back inside: one noisy frame neither raises nor clears an alert.
-    alert_open_s: float = Field(1.0, ge=0)
-    alert_resolve_s: float = Field(2.0, ge=0)
+    # continuously back inside (past the hysteresis for levels): a level hovering at a bound
+    # neither raises nor clears alerts frame after frame.
+    alert_open_s: float = Field(2.0, ge=0)
+    alert_resolve_s: float = Field(5.0, ge=0)
+    alert_hysteresis_db: float = Field(1.0, ge=0, le=20)
 
     @field_validator("broker_url")
     @classmethod

@@ -177,18 +177,26 @@ def up_command(n_devices: int, scene: str | None, data_dir: Path | None, http_po
         click.echo("Press Ctrl-C to stop.")
         while not stopping:
             time.sleep(0.5)
+            for p, port in zip(infra, (mqtt, rport), strict=True):
+                if not p.alive() and not stopping:
+                    # both keep their data on disk (persistence, AOF): restart and carry on
+                    click.echo(f"  {p.name} exited ({p.proc.returncode if p.proc else '?'}); "
+                               f"restarting (log: {p.log_path})")
+                    p.restarts += 1
+                    p.start()
+                    wait_port(port, proc=p.proc)
+                    (run_dir / f"{p.name}.pid").write_text(f"{p.pid}\n")
             for p in apps:
                 if not p.alive() and not stopping:
                     code = p.proc.returncode if p.proc else None
                     if p.name == "simulator" and code == 0:
                         continue  # a simulation with --duration ended
+                    if p.restarts >= 5 and time.monotonic() - p.started_at < 10:
+                        raise click.ClickException(f"{p.name} keeps crashing; see {p.log_path}")
                     click.echo(f"  {p.name} exited ({code}); restarting (log: {p.log_path})")
                     p.restarts += 1
                     p.start()
                     (run_dir / f"{p.name}.pid").write_text(f"{p.pid}\n")
-            for p in infra:
-                if not p.alive() and not stopping:
-                    raise click.ClickException(f"{p.name} exited; see {p.log_path}")
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         click.echo("stopping...")

@@ -35,7 +35,7 @@ RETRY = dict(autoretry_for=(Exception,), retry_backoff=True, retry_backoff_max=3
 
 
 def _analysis_input(row: LevelRow) -> dict[str, Any]:
-    return {"device": row.device, "boot": row.boot, "seq": row.seq, "t_ms": row.t_ms,
+    return {"device": row.device, "boot": row.boot, "seq": row.seq, "idx": row.idx, "t_ms": row.t_ms,
             "kind": row.kind, "rate": row.rate, "n": row.n, "laeq": row.laeq,
             "dominant_hz": row.dominant_hz, "flags": row.flags}
 
@@ -81,7 +81,7 @@ def analyze(levels: list[dict[str, Any]]) -> int:
     """Check bounds per device, open and resolve alerts, and announce changes."""
     s = get_settings()
     bounds = Bounds(s.level_min_db, s.level_max_db, s.freq_min_hz, s.freq_max_hz,
-                    s.alert_open_s, s.alert_resolve_s)
+                    s.alert_open_s, s.alert_resolve_s, s.alert_hysteresis_db)
     by_device: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for lv in levels:
         by_device[lv["device"]].append(lv)
@@ -89,11 +89,19 @@ def analyze(levels: list[dict[str, Any]]) -> int:
     store = outputs.store()
     for device, items in by_device.items():
         outcome = store.run_analysis(
-            device, lambda hwm, st, open_, d=device, i=items: analyse(d, i, hwm, st, open_, bounds)
+            device,
+            lambda hwm, st, open_, d=device, i=items: analyse(d, i, hwm, st, open_, bounds,
+                                                              now_ms()),
         )
-        for alert in [*outcome.opened, *outcome.resolved_alerts]:
-            payload = alert_event(alert)
-            log.info("alert %s %s %s value=%s", alert.device, alert.kind, alert.state, alert.value)
+        announcements = []
+        for alert in outcome.opened:
+            if alert.state == "resolved":  # opened and resolved within one batch: say both
+                announcements.append({**alert_event(alert), "state": "open", "ended": None})
+            announcements.append(alert_event(alert))
+        announcements += [alert_event(a) for a in outcome.resolved_alerts]
+        for payload in announcements:
+            log.info("alert %s %s %s value=%s", payload["device"], payload["kind"],
+                     payload["state"], payload["value"])
             outputs.publish_alert(device, payload)
             events.publish(outputs.redis_client(), "alert", payload)
             changed += 1

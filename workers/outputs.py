@@ -51,8 +51,13 @@ def _mqtt() -> mqtt.Client:
     if s.mqtt_username:
         client.username_pw_set(s.mqtt_username, s.mqtt_password)
     client.reconnect_delay_set(1, 30)
+    connected = threading.Event()
+    client.on_connect = lambda *args: connected.set()
     client.connect_async(s.mqtt_host, s.mqtt_port, keepalive=30)
     client.loop_start()
+    # paho refuses to wait for a publish made before the connection is up
+    if not connected.wait(5.0):
+        log.warning("alert publisher not connected to mqtt://%s:%d yet", s.mqtt_host, s.mqtt_port)
     return client
 
 

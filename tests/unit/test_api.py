@@ -376,12 +376,12 @@ def test_alerts_bad_state_is_422(client):
 def test_gateway_counters_per_gateway_and_totals(tmp_path, store):
     """The stats hash is split per gateway id and summed into totals."""
     fake = FakeRedis(hashes={GATEWAY_STATS_KEY: {"gw1:frames": "10", "gw2:frames": "5",
-                                                 "gw1:rejected_magic": "1"}})
+                                                 "gw1:rejected:bad_magic": "1"}})
     with make_client(tmp_path, store, fake) as c:
         r = c.get("/api/gateway", headers=AUTH)
     assert r.json() == {
-        "gateways": {"gw1": {"frames": 10, "rejected_magic": 1}, "gw2": {"frames": 5}},
-        "totals": {"frames": 15, "rejected_magic": 1},
+        "gateways": {"gw1": {"frames": 10, "rejected:bad_magic": 1}, "gw2": {"frames": 5}},
+        "totals": {"frames": 15, "rejected:bad_magic": 1},
     }
 
 
