@@ -34,7 +34,7 @@ def find_binary(candidates: tuple[str, ...]) -> str | None:
 
 
 def mosquitto_conf(port: int, data_dir: Path | str, bind: str = "127.0.0.1",
-                   log_dest: str = "stdout") -> str:
+                   log_dest: str = "stdout", run_as: str | None = None) -> str:
     """mosquitto.conf for soundmon.
 
     Persistence is on, and the per-client queue is sized so a gateway that is slow or down
@@ -42,8 +42,12 @@ def mosquitto_conf(port: int, data_dir: Path | str, bind: str = "127.0.0.1",
     default 1000: at 4 devices x 2 frames/s that is two minutes of downtime).
     """
     data = str(data_dir).rstrip("/") + "/"
+    # Started as root, mosquitto switches to the "mosquitto" user, which cannot write into a
+    # root-owned data directory under /root or /tmp/pytest-of-root (0700). When soundmon up
+    # itself runs as root it keeps the broker on the same account instead.
+    user = f"user {run_as}\n" if run_as else ""
     return f"""# mosquitto configuration written by soundmon (soundmon service-config mosquitto)
-listener {port} {bind}
+{user}listener {port} {bind}
 # Local demo and tests: anonymous on loopback. For devices on a network use a password_file
 # and ACLs (README: Docker Compose).
 allow_anonymous true
@@ -93,15 +97,8 @@ def prepare_mosquitto(data_dir: Path, port: int, bind: str = "127.0.0.1") -> Pat
     mdir = data_dir / "mosquitto"
     mdir.mkdir(parents=True, exist_ok=True)
     conf = mdir / "mosquitto.conf"
-    conf.write_text(mosquitto_conf(port, mdir, bind))
-    if os.geteuid() == 0:  # mosquitto drops root privileges to the "mosquitto" user
-        try:
-            pw = pwd.getpwnam("mosquitto")
-            os.chown(mdir, pw.pw_uid, pw.pw_gid)
-            for f in mdir.iterdir():
-                os.chown(f, pw.pw_uid, pw.pw_gid)
-        except KeyError:
-            pass
+    run_as = pwd.getpwuid(os.geteuid()).pw_name if os.geteuid() == 0 else None
+    conf.write_text(mosquitto_conf(port, mdir, bind, run_as=run_as))
     return conf
 
 
