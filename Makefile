@@ -1,5 +1,5 @@
 # The two commands a newcomer needs: `make demo` and `make test`. Both install what is missing.
-.PHONY: install demo test test-unit lint clean
+.PHONY: install demo test test-unit lint bench clean
 
 VENV := .venv
 BIN := $(VENV)/bin
@@ -21,3 +21,6 @@ lint: install
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
+
+bench: install
+	$(BIN)/python bench/throughput.py --devices 4 --frames 2500
