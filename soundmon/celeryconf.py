@@ -59,6 +59,9 @@ def celery_config(settings: Settings) -> dict:
         "task_send_sent_event": False,
         "worker_hijack_root_logger": False,
         "worker_soft_shutdown_timeout": 10.0,
+        # after a broker connection loss the running tasks are redelivered anyway (acks_late);
+        # cancel them instead of finishing work whose acknowledgement can no longer be sent
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
         "result_expires": 3600,
     }
 
