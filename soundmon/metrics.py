@@ -17,7 +17,13 @@ LEVEL_METRICS: tuple[Metric, ...] = (
     Metric("dbfs", "dBFS", "RMS level re full scale, DC removed"),
     Metric("lzeq", "dB", "Z-weighted (unweighted) equivalent level, calibrated"),
     Metric("laeq", "dB(A)", "A-weighted equivalent level, calibrated"),
+    Metric("lceq", "dB(C)", "C-weighted equivalent level, calibrated"),
+    Metric("lafmax", "dB(A)", "maximum of the Fast (125 ms) A-weighted level in the frame"),
+    Metric("lafmin", "dB(A)", "minimum of the Fast (125 ms) A-weighted level in the frame"),
+    Metric("lcpeak", "dB(C)", "C-weighted peak sound level"),
     Metric("dominant_hz", "Hz", "interpolated spectral peak"),
+    Metric("centroid_hz", "Hz", "spectral centroid (power-weighted mean frequency)"),
+    Metric("bands_db", "dB", "unweighted 1/3-octave band levels at bands_hz, calibrated"),
     Metric("duty", "%", "threshold output active share (LM393)"),
 )
 

@@ -2,7 +2,7 @@
 
 K maps dBFS (protocol.md section 3) to dB SPL: ``L = dBFS + K``. A profile's K is a datasheet
 estimate, so levels computed with it carry the ``uncalibrated`` flag until the device gets
-its own K (``PUT /api/devices/{id}/calibration``, later ``soundmon calibrate``).
+its own K (``soundmon calibrate``, or ``PUT /api/devices/{id}/calibration``).
 
 How the defaults were derived (see hardware.md and shared acoustics.md section 4.4):
 
@@ -33,6 +33,11 @@ PROFILES: dict[str, SensorProfile] = {
     p.name: p
     for p in (
         SensorProfile("max4466", 100.4, -56.7, "electret + MAX4466 at gain x125 on ESP32 ADC1"),
+        # the same chain at the trimmer's other settings: K rises by 20 lg(125 / gain); the
+        # floor in dBFS is the ADC's noise, so it does not move with the gain
+        SensorProfile("max4466_x125", 100.4, -56.7, "MAX4466 at gain x125 (trimmer fully up)"),
+        SensorProfile("max4466_x75", 104.8, -56.7, "MAX4466 at gain x75 (trimmer mid-way)"),
+        SensorProfile("max4466_x25", 114.4, -56.7, "MAX4466 at gain x25 (trimmer fully down)"),
         SensorProfile("inmp441", 123.0, -90.0, "I2S MEMS, -26 dBFS @ 94 dB SPL, SNR 61 dB(A)"),
         SensorProfile("ics43434", 123.0, -94.0, "I2S MEMS, -26 dBFS @ 94 dB SPL, SNR 65 dB(A)"),
         SensorProfile("lm393", None, None, "comparator module: duty and edges, never dB"),

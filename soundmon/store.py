@@ -19,9 +19,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
+from zoneinfo import ZoneInfo
 
+from soundmon.bands import band_centres_hz, decode_bands
 from soundmon.metrics import mask_to_flags
 from soundmon.profiles import profile_for
+from soundmon.stats import level_stats
 
 
 def now_ms() -> int:
@@ -49,8 +52,17 @@ class LevelRow:
     edges: int | None
     k_db: float | None
     flags: int
+    # measurement-grade fields (issue 3); None for kind-2/3 records and rows stored before them
+    lceq: float | None = None
+    lafmax: float | None = None
+    lafmin: float | None = None
+    lcpeak: float | None = None
+    centroid_hz: float | None = None
+    bands: bytes | None = None  # 1/3-octave Z levels in dBFS, int16 centi-dB (workers.spectrum)
 
     def api(self) -> dict[str, Any]:
+        bands = decode_bands(self.bands)
+        offset = self.k_db if self.k_db is not None else 0.0
         return {
             "t_ms": self.t_ms,
             "seq": self.seq,
@@ -59,7 +71,15 @@ class LevelRow:
             "dbfs": _round(self.dbfs, 3),
             "laeq": _round(self.laeq, 3),
             "lzeq": _round(self.lzeq, 3),
+            "lceq": _round(self.lceq, 3),
+            "lafmax": _round(self.lafmax, 3),
+            "lafmin": _round(self.lafmin, 3),
+            "lcpeak": _round(self.lcpeak, 3),
             "dominant_hz": _round(self.dominant_hz, 2),
+            "centroid_hz": _round(self.centroid_hz, 1),
+            # band levels in dB (dBFS + K; dBFS when the sensor has no K) and their centres
+            "bands_db": None if bands is None else [round(b + offset, 2) for b in bands],
+            "bands_hz": None if bands is None else list(band_centres_hz(self.rate))[: len(bands)],
             "duty": self.duty,
             "edges": self.edges,
             "clip_frac": self.clip_frac,
@@ -124,12 +144,14 @@ CREATE TABLE IF NOT EXISTS levels (
     t_ms INTEGER NOT NULL, kind INTEGER NOT NULL, rate INTEGER NOT NULL, n INTEGER NOT NULL,
     dbfs REAL, lzeq REAL, laeq REAL, dominant_hz REAL, clip_frac REAL,
     duty REAL, edges INTEGER, k_db REAL, flags INTEGER NOT NULL,
+    lceq REAL, lafmax REAL, lafmin REAL, lcpeak REAL, centroid_hz REAL, bands BLOB,
     PRIMARY KEY (device, boot, seq, idx)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS levels_by_time ON levels (device, t_ms);
 CREATE TABLE IF NOT EXISTS calibrations (
     id INTEGER PRIMARY KEY,
-    device TEXT NOT NULL, t_ms INTEGER NOT NULL, offset_db REAL NOT NULL, source TEXT NOT NULL
+    device TEXT NOT NULL, t_ms INTEGER NOT NULL, offset_db REAL NOT NULL, source TEXT NOT NULL,
+    reference_db REAL, detail TEXT
 );
 CREATE TABLE IF NOT EXISTS alerts (
     id INTEGER PRIMARY KEY,
@@ -149,6 +171,30 @@ CREATE TABLE IF NOT EXISTS alert_state (
 """
 
 
+#: Columns added after the first release: (table, column, type). ``SQLiteStore`` adds the
+#: missing ones to an existing database file when it opens it (ALTER TABLE ... ADD COLUMN).
+MIGRATIONS: tuple[tuple[str, str, str], ...] = (
+    ("levels", "lceq", "REAL"),
+    ("levels", "lafmax", "REAL"),
+    ("levels", "lafmin", "REAL"),
+    ("levels", "lcpeak", "REAL"),
+    ("levels", "centroid_hz", "REAL"),
+    ("levels", "bands", "BLOB"),
+    ("calibrations", "reference_db", "REAL"),
+    ("calibrations", "detail", "TEXT"),
+)
+LEVEL_COLUMNS = ("device", "boot", "seq", "idx", "t_ms", "kind", "rate", "n", "dbfs", "lzeq",
+                 "laeq", "dominant_hz", "clip_frac", "duty", "edges", "k_db", "flags", "lceq",
+                 "lafmax", "lafmin", "lcpeak", "centroid_hz", "bands")
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    for table, column, kind in MIGRATIONS:
+        have = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
+        if column not in have:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+
+
 def _round(v: float | None, nd: int) -> float | None:
     return None if v is None else round(v, nd)
 
@@ -162,6 +208,8 @@ class SQLiteStore:
         self._local = threading.local()
         with self._conn() as db:
             db.executescript(SCHEMA)
+            with _transaction(db):
+                _migrate(db)
 
     def _conn(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
@@ -186,14 +234,9 @@ class SQLiteStore:
         with self._conn() as db, _transaction(db):
             before = db.total_changes
             db.executemany(
-                "INSERT OR IGNORE INTO levels VALUES "
-                "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                [
-                    (r.device, r.boot, r.seq, r.idx, r.t_ms, r.kind, r.rate, r.n, r.dbfs,
-                     r.lzeq, r.laeq, r.dominant_hz, r.clip_frac, r.duty, r.edges, r.k_db,
-                     r.flags)
-                    for r in rows
-                ],
+                f"INSERT OR IGNORE INTO levels ({','.join(LEVEL_COLUMNS)}) "
+                f"VALUES ({','.join('?' * len(LEVEL_COLUMNS))})",
+                [tuple(getattr(r, c) for c in LEVEL_COLUMNS) for r in rows],
             )
             return db.total_changes - before
 
@@ -201,7 +244,7 @@ class SQLiteStore:
         """Levels of one device with start_ms <= t_ms <= end_ms, oldest first."""
         with self._conn() as db:
             cur = db.execute(
-                "SELECT * FROM levels WHERE device=? AND t_ms BETWEEN ? AND ? "
+                f"SELECT {','.join(LEVEL_COLUMNS)} FROM levels WHERE device=? AND t_ms BETWEEN ? AND ? "
                 "ORDER BY t_ms, boot, seq, idx LIMIT ?",
                 (device, start_ms, end_ms, limit),
             )
@@ -285,6 +328,15 @@ class SQLiteStore:
             "status": json.loads(row["status_json"]) if row["status_json"] else None,
         }
 
+    # ---- statistics ---------------------------------------------------------------------
+    def stats(self, device: str, start_ms: int, end_ms: int, timezone: str = "UTC") -> dict[str, Any]:
+        """LAeq, LAmax, LAmin, L10/L50/L90, Lden and coverage over [start_ms, end_ms), in SQL.
+
+        ``timezone`` (IANA name) places the Lden day/evening/night periods; see soundmon.stats.
+        """
+        with self._conn() as db:
+            return level_stats(db, device, start_ms, end_ms, ZoneInfo(timezone))
+
     # ---- calibration --------------------------------------------------------------------
     def calibrations(self, devices: Iterable[str]) -> dict[str, DeviceCalibration]:
         ids = sorted(set(devices))
@@ -307,24 +359,28 @@ class SQLiteStore:
                 out[dev] = DeviceCalibration(profile.default_k_db, False, profile.noise_floor_dbfs)
         return out
 
-    def set_calibration(self, device: str, offset_db: float, source: str = "api") -> None:
-        with self._conn() as db:
+    def set_calibration(self, device: str, offset_db: float, source: str = "api",
+                        reference_db: float | None = None,
+                        detail: dict[str, Any] | None = None) -> None:
+        """Set K and append it to the device's history (with the calibrator level, if any)."""
+        with self._conn() as db, _transaction(db):
             self._ensure_device(db, device)
             db.execute("UPDATE devices SET calibration_db=? WHERE id=?", (offset_db, device))
             db.execute(
-                "INSERT INTO calibrations (device, t_ms, offset_db, source) VALUES (?,?,?,?)",
-                (device, now_ms(), offset_db, source),
+                "INSERT INTO calibrations (device, t_ms, offset_db, source, reference_db, detail) "
+                "VALUES (?,?,?,?,?,?)",
+                (device, now_ms(), offset_db, source, reference_db,
+                 None if detail is None else json.dumps(detail)),
             )
 
     def calibration_history(self, device: str) -> list[dict[str, Any]]:
+        """Every K set for the device, oldest first: t_ms, offset_db, source, reference_db, detail."""
         with self._conn() as db:
-            return [
-                dict(r)
-                for r in db.execute(
-                    "SELECT t_ms, offset_db, source FROM calibrations WHERE device=? ORDER BY id",
-                    (device,),
-                )
-            ]
+            rows = db.execute(
+                "SELECT t_ms, offset_db, source, reference_db, detail FROM calibrations "
+                "WHERE device=? ORDER BY id", (device,)).fetchall()
+        return [{**dict(r), "detail": json.loads(r["detail"]) if r["detail"] else None}
+                for r in rows]
 
     # ---- alerts -------------------------------------------------------------------------
     def alerts(

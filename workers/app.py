@@ -20,9 +20,9 @@ from soundmon import events, tasknames
 from soundmon.celeryconf import make_celery
 from soundmon.settings import get_settings
 from soundmon.store import Alert, LevelRow, now_ms
-from workers import outputs
+from workers import outputs, streamstate
 from workers.analysis import Bounds, analyse
-from workers.preprocess import decode_batch, levels_for_batch
+from workers.preprocess import decode_batch, process_batch, state_keys_needed
 
 log = logging.getLogger("soundmon.workers")
 
@@ -54,7 +54,10 @@ def preprocess(batch: list[list[Any]]) -> int:
     if not decoded:
         return 0
     cal = store.calibrations({d for d, _, _ in decoded})
-    rows = levels_for_batch(decoded, cal)
+    states = streamstate.load(outputs.redis_client(), state_keys_needed(decoded))
+    rows, new_states = process_batch(decoded, cal, states)
+    # states first: once a level is visible, the stream can be continued from it
+    streamstate.save(outputs.redis_client(), new_states)
     new = store.insert_levels(rows)
     latest: dict[str, LevelRow] = {}
     for r in rows:

@@ -10,9 +10,11 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
+from soundmon.bands import encode_bands
 from soundmon.metrics import FLAG_BIT
 from soundmon.protocol import (
     KIND_LEVELS,
@@ -43,45 +45,101 @@ def frame_time_ms(frame: Frame, recv_ms: int) -> int:
     return frame.t0_ms if frame.t0_ms > 0 else recv_ms
 
 
-def pcm_rows(
-    items: Sequence[tuple[str, int, Frame]], cal: Mapping[str, DeviceCalibration]
-) -> list[LevelRow]:
-    """Level rows for kind-1 frames, vectorised per (rate, count) group."""
-    groups: dict[tuple[int, int], list[tuple[str, int, Frame]]] = defaultdict(list)
+#: (device, boot, seq): the frame a stream state follows
+StateKey = tuple[str, int, int]
+SEQ_MODULO = 2**32  # seq is a u32 and wraps (protocol.md section 2)
+
+
+def pcm_chains(items: Sequence[tuple[str, int, Frame]]) -> list[list[tuple[str, int, Frame]]]:
+    """Split kind-1 frames into chains: one device and boot, consecutive seq, same rate and size.
+
+    A chain is one stretch of a device's stream: its filters run through it without a break.
+    Duplicates of a (device, boot, seq) within the batch are kept once.
+    """
+    by_stream: dict[tuple[str, int], dict[int, tuple[str, int, Frame]]] = defaultdict(dict)
     for item in items:
-        groups[(item[2].rate, item[2].count)].append(item)
+        by_stream[(item[0], item[2].boot)].setdefault(item[2].seq, item)
+    chains: list[list[tuple[str, int, Frame]]] = []
+    for frames in by_stream.values():
+        chain: list[tuple[str, int, Frame]] = []
+        for seq in sorted(frames):
+            item = frames[seq]
+            if chain and not (seq == chain[-1][2].seq + 1 and item[2].rate == chain[-1][2].rate
+                              and item[2].count == chain[-1][2].count):
+                chains.append(chain)
+                chain = []
+            chain.append(item)
+        chains.append(chain)
+    return chains
+
+
+def predecessor(chain: Sequence[tuple[str, int, Frame]]) -> StateKey:
+    """The key of the stream state a chain continues from: the frame just before its first."""
+    device, _, frame = chain[0]
+    return (device, frame.boot, (frame.seq - 1) % SEQ_MODULO)
+
+
+def pcm_rows(
+    items: Sequence[tuple[str, int, Frame]],
+    cal: Mapping[str, DeviceCalibration],
+    states: Mapping[StateKey, dsp.StreamState] | None = None,
+) -> tuple[list[LevelRow], dict[StateKey, dsp.StreamState]]:
+    """Level rows for kind-1 frames, and the stream state after each chain.
+
+    Chains of the same shape (rate, frame size, length) are analysed together in one
+    vectorised call. ``states`` holds the states saved after earlier frames: a chain whose
+    predecessor's state is there continues it, any other starts afresh. The returned dict
+    maps the key of each chain's last frame to the state after it.
+    """
+    states = states or {}
+    groups: dict[tuple[int, int, int], list[list[tuple[str, int, Frame]]]] = defaultdict(list)
+    for chain in pcm_chains(items):
+        groups[(chain[0][2].rate, chain[0][2].count, len(chain))].append(chain)
     rows: list[LevelRow] = []
-    for (rate, count), group in groups.items():
-        samples = np.stack([f.samples() for _, _, f in group])
-        feats = dsp.frame_features(samples, float(rate))
+    new_states: dict[StateKey, dsp.StreamState] = {}
+    for (rate, _count, _length), chains in groups.items():
+        samples = np.stack([np.stack([f.samples() for _, _, f in chain]) for chain in chains])
+        feats, after = dsp.analyse_streams(samples, float(rate),
+                                           [states.get(predecessor(chain)) for chain in chains])
         nyquist_limited = rate / 2.0 < AUDIBLE_TOP_HZ
-        for i, (device, recv_ms, frame) in enumerate(group):
-            c = cal[device]
-            flags = 0
-            if feats["clip_frac"][i] > 0:
-                flags |= FLAG_BIT["clipped"]
-            if nyquist_limited:
-                flags |= FLAG_BIT["nyquist_limited"]
-            if not c.calibrated:
-                flags |= FLAG_BIT["uncalibrated"]
-            dbfs = float(feats["dbfs"][i])
-            if c.noise_floor_dbfs is not None and dbfs <= c.noise_floor_dbfs:
-                flags |= FLAG_BIT["below_noise_floor"]
-            if c.k_db is None:
-                flags |= FLAG_BIT["no_level"]
-            rows.append(
-                LevelRow(
-                    device=device, boot=frame.boot, seq=frame.seq, idx=0,
-                    t_ms=frame_time_ms(frame, recv_ms), kind=KIND_PCM, rate=rate, n=count,
-                    dbfs=dbfs,
-                    lzeq=None if c.k_db is None else dbfs + c.k_db,
-                    laeq=None if c.k_db is None else float(feats["dbfs_a"][i]) + c.k_db,
-                    dominant_hz=_finite(feats["dominant_hz"][i]),
-                    clip_frac=float(feats["clip_frac"][i]),
-                    duty=None, edges=None, k_db=c.k_db, flags=flags,
-                )
-            )
-    return rows
+        for s, chain in enumerate(chains):
+            device, _, last = chain[-1]
+            if after[s] is not None:
+                new_states[(device, last.boot, last.seq)] = after[s]  # type: ignore[assignment]
+            for i, (_, recv_ms, frame) in enumerate(chain):
+                rows.append(_pcm_row(device, recv_ms, frame, cal[device], nyquist_limited,
+                                     {k: v[s, i] for k, v in feats.items()}))
+    return rows, new_states
+
+
+def _pcm_row(device: str, recv_ms: int, frame: Frame, c: DeviceCalibration,
+             nyquist_limited: bool, f: Mapping[str, Any]) -> LevelRow:
+    flags = 0
+    if f["clip_frac"] > 0:
+        flags |= FLAG_BIT["clipped"]
+    if nyquist_limited:
+        flags |= FLAG_BIT["nyquist_limited"]
+    if not c.calibrated:
+        flags |= FLAG_BIT["uncalibrated"]
+    dbfs = float(f["dbfs"])
+    if c.noise_floor_dbfs is not None and dbfs <= c.noise_floor_dbfs:
+        flags |= FLAG_BIT["below_noise_floor"]
+    k = c.k_db
+    if k is None:
+        flags |= FLAG_BIT["no_level"]
+
+    def spl(key: str) -> float | None:
+        return None if k is None else float(f[key]) + k
+
+    return LevelRow(
+        device=device, boot=frame.boot, seq=frame.seq, idx=0,
+        t_ms=frame_time_ms(frame, recv_ms), kind=KIND_PCM, rate=frame.rate, n=frame.count,
+        dbfs=dbfs, lzeq=spl("dbfs"), laeq=spl("laeq"),
+        dominant_hz=_finite(f["dominant_hz"]), clip_frac=float(f["clip_frac"]),
+        duty=None, edges=None, k_db=k, flags=flags,
+        lceq=spl("lceq"), lafmax=spl("lafmax"), lafmin=spl("lafmin"), lcpeak=spl("lcpeak"),
+        centroid_hz=_finite(f["centroid_hz"]), bands=encode_bands(f["bands_db"]),
+    )
 
 
 def record_rows(device: str, recv_ms: int, frame: Frame, c: DeviceCalibration) -> list[LevelRow]:
@@ -130,13 +188,27 @@ def decode_batch(batch: Sequence[Sequence]) -> list[tuple[str, int, Frame]]:
     return out
 
 
-def levels_for_batch(
-    decoded: Sequence[tuple[str, int, Frame]], cal: Mapping[str, DeviceCalibration]
-) -> list[LevelRow]:
-    """All level rows of a decoded batch, in batch order per kind."""
+def state_keys_needed(decoded: Sequence[tuple[str, int, Frame]]) -> list[StateKey]:
+    """Keys of the stream states a batch can continue from (one per chain of kind-1 frames)."""
+    return [predecessor(chain) for chain in pcm_chains([d for d in decoded if d[2].kind == KIND_PCM])]
+
+
+def process_batch(
+    decoded: Sequence[tuple[str, int, Frame]],
+    cal: Mapping[str, DeviceCalibration],
+    states: Mapping[StateKey, dsp.StreamState] | None = None,
+) -> tuple[list[LevelRow], dict[StateKey, dsp.StreamState]]:
+    """All level rows of a decoded batch, and the stream states to save (see ``pcm_rows``)."""
     pcm = [d for d in decoded if d[2].kind == KIND_PCM]
-    rows = pcm_rows(pcm, cal) if pcm else []
+    rows, new_states = pcm_rows(pcm, cal, states) if pcm else ([], {})
     for device, recv_ms, frame in decoded:
         if frame.kind in (KIND_LEVELS, KIND_THRESHOLD):
             rows.extend(record_rows(device, recv_ms, frame, cal[device]))
-    return rows
+    return rows, new_states
+
+
+def levels_for_batch(
+    decoded: Sequence[tuple[str, int, Frame]], cal: Mapping[str, DeviceCalibration]
+) -> list[LevelRow]:
+    """All level rows of a decoded batch, every stream started afresh."""
+    return process_batch(decoded, cal)[0]

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from typing import Annotated, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from dashboard.deps import Authenticated, DeviceId, StoreDep
+from dashboard.deps import Authenticated, DeviceId, SettingsDep, StoreDep
 from dashboard.views import present_device, time_range_ms
 from soundmon.store import SQLiteStore, now_ms
 
@@ -56,6 +57,32 @@ def get_levels(
     _device_or_404(store, device_id)
     rows = store.levels(device_id, start_ms, end_ms, limit)
     return {"device": device_id, "levels": [row.api() for row in rows]}
+
+
+@router.get("/{device_id}/stats")
+def get_stats(
+    device_id: DeviceId,
+    store: StoreDep,
+    settings: SettingsDep,
+    start: Annotated[str | None, Query(description="ISO 8601 or Unix ms; default end-1h")] = None,
+    end: Annotated[str | None, Query(description="ISO 8601 or Unix ms; default now")] = None,
+    tz: Annotated[str | None, Query(description="IANA time zone of the Lden periods; "
+                                                "default SOUNDMON_TIMEZONE")] = None,
+) -> dict[str, Any]:
+    """Energetic statistics of LAeq over start <= t < end, computed in the store.
+
+    ``laeq`` (energetic), ``lamax``/``lamin`` (Fast), ``l10``/``l50``/``l90`` (percentiles of
+    1 s LAeq), ``lden`` (null if the window is under 24 h), ``coverage`` (0..1).
+    """
+    try:
+        start_ms, end_ms = time_range_ms(start, end, now_ms())
+        zone = tz or settings.timezone
+        ZoneInfo(zone)
+    except (ValueError, ZoneInfoNotFoundError) as exc:
+        raise HTTPException(422, str(exc) if not isinstance(exc, ZoneInfoNotFoundError)
+                            else f"tz: unknown time zone {tz!r}") from exc
+    _device_or_404(store, device_id)
+    return {"device": device_id, **store.stats(device_id, start_ms, end_ms, zone)}
 
 
 @router.get("/{device_id}/calibration")

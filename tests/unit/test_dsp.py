@@ -1,90 +1,312 @@
-"""DSP basics on synthetic signals with known answers (protocol.md section 3 conventions)."""
+"""Per-frame DSP on synthetic signals whose answers come from the standards, not from our code."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pytest
 
-from workers import dsp
+from soundmon.bands import band_centres_hz, decode_bands, encode_bands
+from soundmon.protocol import KIND_PCM, decode_frame, encode_frame
+from soundmon.store import DeviceCalibration
+from workers import dsp, levels, spectrum
+from workers.preprocess import process_batch, state_keys_needed
 
 RATE = 8000
 
 
-def _sine(freq, amp, n=4000, rate=RATE, offset=0.0):
+def _sine(freq, amp, n=4000, rate=RATE, offset=0.0, phase=0.0):
     t = np.arange(n) / rate
-    return np.round(offset + amp * np.sin(2 * np.pi * freq * t)).astype(np.int16)
+    return np.round(offset + amp * np.sin(2 * np.pi * freq * t + phase)).astype(np.int16)
 
 
+def _one(x, rate=RATE, **kw):
+    return dsp.analyse_stream(x, rate, **kw)[0]
+
+
+# ---- conventions (protocol.md section 3) -------------------------------------------------------
 def test_full_scale_square_is_0_dbfs():
     """A full-scale square wave is 0 dBFS."""
     x = np.where(np.arange(4000) % 8 < 4, 32767, -32767).astype(np.int16)
-    assert dsp.frame_features(x, RATE)["dbfs"][0] == pytest.approx(0.0, abs=0.01)
+    assert _one(x)["dbfs"][0] == pytest.approx(0.0, abs=0.01)
 
 
 def test_full_scale_sine_is_minus_3_01_dbfs():
     """A full-scale sine is -3.01 dBFS (RMS-normalised convention)."""
-    assert dsp.frame_features(_sine(1000, 32767), RATE)["dbfs"][0] == pytest.approx(-3.01, abs=0.01)
+    assert _one(_sine(1000, 32767))["dbfs"][0] == pytest.approx(-3.01, abs=0.01)
 
 
 def test_dc_is_removed_before_the_rms():
-    """An offset (the analog bias) does not change the level."""
-    a = dsp.frame_features(_sine(500, 4000), RATE)["dbfs"][0]
-    b = dsp.frame_features(_sine(500, 4000, offset=2500), RATE)["dbfs"][0]
-    assert a == pytest.approx(b, abs=0.01)
+    """An offset (the analog bias) changes neither dBFS nor the weighted levels."""
+    a = _one(_sine(500, 4000))
+    b = _one(_sine(500, 4000, offset=2500))
+    for key in ("dbfs", "laeq", "lceq", "lafmax"):
+        assert a[key][0] == pytest.approx(b[key][0], abs=0.02), key
 
 
-@pytest.mark.parametrize("n", [0, 1, 2, 3, 7])
-def test_tiny_and_silent_frames_never_give_nan_or_inf(n):
-    """Frames of 0-7 samples, silence and DC-only input give finite levels, no exception."""
-    for x in (np.zeros(n, np.int16), np.full(n, 1234, np.int16)):
-        f = dsp.frame_features(x[np.newaxis, :] if n else np.zeros((1, 0), np.int16), RATE)
-        assert np.isfinite(f["dbfs"]).all() and np.isfinite(f["dbfs_a"]).all()
-    f = dsp.frame_features(np.full(4000, -77, np.int16), RATE)
-    assert np.isfinite(f["dbfs"][0]) and np.isnan(f["dominant_hz"][0])
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 4, 5, 6, 7])
+def test_tiny_silent_and_dc_frames_never_give_nan_or_errors(n):
+    """Frames of 0-7 samples, silence and DC-only input give finite levels and no exception."""
+    for x in (np.zeros((1, n), np.int16), np.full((1, n), 1234, np.int16),
+              np.full((3, n), -77, np.int16)):
+        feats, _ = dsp.analyse_stream(x, RATE)
+        for key in ("dbfs", "laeq", "lceq", "lafmax", "lafmin", "lcpeak", "clip_frac"):
+            assert np.isfinite(feats[key]).all(), (n, key)
+        assert np.isfinite(feats["bands_db"]).all()
+        if n < 4:
+            assert np.isnan(feats["dominant_hz"]).all()
 
 
-def test_a_weighting_matches_iec_61672_table_values():
-    """A(f) reproduces IEC 61672-1 Table 3 at the exact base-10 frequencies (0.1 dB rounding)."""
-    table = {10: -70.4, 100: -19.1, 1000: 0.0, 1995.3: 1.2, 3981.1: 1.0, 10000: -2.5,
-             19953: -9.3, 31.623: -39.4}
-    for f, a in table.items():
-        assert dsp.a_weighting_db(f) == pytest.approx(a, abs=0.05), f
-    assert dsp.c_weighting_db(1000) == pytest.approx(0.0, abs=0.01)
-    assert dsp.c_weighting_db(31.623) == pytest.approx(-3.0, abs=0.05)
-
-
-@pytest.mark.parametrize("freq", [100, 250, 1000, 2000, 3500])
-def test_a_weighted_level_of_a_tone_follows_the_curve(freq):
-    """dBFS(A) of a pure tone = dBFS + A(f), within 0.1 dB."""
-    f = dsp.frame_features(_sine(freq, 8000), RATE)
-    assert f["dbfs_a"][0] - f["dbfs"][0] == pytest.approx(dsp.a_weighting_db(freq), abs=0.1)
-
-
-@pytest.mark.parametrize("freq", [31.7, 440.0, 997.3, 3210.9])
-def test_dominant_frequency_is_interpolated(freq):
-    """The interpolated peak is well within 0.05 bin of a clean tone (bin = 2 Hz here)."""
-    f = dsp.frame_features(_sine(freq, 6000), RATE)
-    assert f["dominant_hz"][0] == pytest.approx(freq, abs=0.05 * RATE / 4000)
+def test_silence_and_dc_read_the_quantisation_floor():
+    """Digital silence and a constant read -101.1 dBFS everywhere, with no dominant frequency."""
+    for x in (np.zeros(4000, np.int16), np.full(4000, -900, np.int16)):
+        f = _one(x)
+        for key in ("dbfs", "laeq", "lceq", "lafmax", "lafmin"):
+            assert f[key][0] == pytest.approx(-101.1, abs=0.1), key
+        assert np.isnan(f["dominant_hz"][0]) and np.isnan(f["centroid_hz"][0])
 
 
 def test_clipping_is_detected_at_the_adc_rails():
     """Samples at the ESP32's int16 rails (-32768, +32752) count as clipped."""
     t = np.arange(4000) / RATE
     x = np.clip(40000 * np.sin(2 * np.pi * 200 * t), -32768, 32752).astype(np.int16)
-    assert dsp.frame_features(x, RATE)["clip_frac"][0] > 0.1
-    assert dsp.frame_features(_sine(200, 20000), RATE)["clip_frac"][0] == 0
+    assert _one(x)["clip_frac"][0] > 0.1
+    assert _one(_sine(200, 20000))["clip_frac"][0] == 0
 
 
-def test_batch_is_the_same_as_frame_by_frame():
-    """Vectorised features of a batch equal those of each frame alone."""
-    frames = np.stack([_sine(300 + 100 * i, 1000 * (i + 1)) for i in range(5)])
-    batch = dsp.frame_features(frames, RATE)
-    for i in range(5):
-        one = dsp.frame_features(frames[i], RATE)
-        for key in ("dbfs", "dbfs_a", "dominant_hz"):
-            assert batch[key][i] == pytest.approx(one[key][0])
-
-
+# ---- Leq ------------------------------------------------------------------------------------------
 def test_leq_is_energetic():
     """1 s at 60 dB plus 1 s at 80 dB is 77.03 dB, not 70."""
     assert dsp.energetic_mean_db(np.array([60.0, 80.0])) == pytest.approx(77.03, abs=0.01)
+    assert dsp.energetic_mean_db(np.array([60.0, 80.0]), np.array([1.0, 1.0])) == pytest.approx(
+        10 * math.log10((1e6 + 1e8) / 2), abs=1e-9)
+
+
+def test_leq_of_two_frames_20_db_apart_is_17_03_above_the_quiet_one():
+    """Two 1 s frames of a 1 kHz tone 20 dB apart: their energetic mean is 77.03 at 60/80 dB."""
+    quiet, loud = _sine(1000, 1000, n=RATE), _sine(1000, 10000, n=RATE)
+    feats = _one(np.stack([quiet, loud]))
+    k = 60.0 - feats["laeq"][0]  # calibrate the quiet frame to 60 dB
+    assert feats["laeq"][1] + k == pytest.approx(80.0, abs=0.01)
+    assert dsp.energetic_mean_db(feats["laeq"] + k) == pytest.approx(77.03, abs=0.01)
+
+
+# ---- time weighting: IEC 61672-1 Table 4 (4 kHz tone bursts, Fast) -----------------------------
+TABLE4_FAST = [  # (burst ms, LAFmax - LA reference dB, class 1 upper, class 1 lower)
+    (1000, 0.0, 0.5, -0.5), (500, -0.1, 0.5, -0.5), (200, -1.0, 0.5, -0.5),
+    (100, -2.6, 1.0, -1.0), (50, -4.8, 1.0, -1.0), (20, -8.3, 1.0, -1.0), (10, -11.1, 1.0, -1.0),
+    (5, -14.1, 1.0, -1.0), (2, -18.0, 1.0, -1.5), (1, -21.0, 1.0, -2.0), (0.5, -24.0, 1.0, -2.5),
+    (0.25, -27.0, 1.0, -3.0),
+]
+
+
+@pytest.mark.parametrize("rate", [16000, 48000])
+def test_tone_bursts_against_table_4_fast(rate):
+    """LAFmax of 4 kHz bursts in silence, minus the steady LA, meets Table 4 class 1 (Fast)."""
+    n = 2 * rate
+    t = np.arange(n) / rate
+    steady = 10000 * np.sin(2 * np.pi * 4000 * t)
+    la = dsp.analyse_stream(steady.reshape(4, -1), rate)[0]["laeq"][-1]
+    for burst_ms, ref, upper, lower in TABLE4_FAST:
+        x = np.zeros(n)
+        start = rate // 4
+        length = int(round(burst_ms / 1000 * rate))  # whole 4 kHz cycles at both rates
+        x[start:start + length] = steady[:length]
+        lafmax = dsp.analyse_stream(x.reshape(2, -1), rate)[0]["lafmax"].max()
+        assert lower <= lafmax - la - ref <= upper, (rate, burst_ms, lafmax - la)
+
+
+def test_slow_time_weighting_follows_its_burst_reference():
+    """A 200 ms burst reads -7.4 dB on Slow (Table 4 Slow reference, class 1 +-0.5 dB)."""
+    rate = 16000
+    t = np.arange(3 * rate) / rate
+    steady = 10000 * np.sin(2 * np.pi * 4000 * t)
+    x = np.zeros_like(steady)
+    x[20000:20000 + 3200] = steady[:3200]  # in the second 1 s frame: the detector starts on silence
+    feats = dsp.analyse_stream(x.reshape(3, -1), rate, time_weightings=("F", "S"))[0]
+    la = dsp.analyse_stream(steady.reshape(2, -1), rate)[0]["laeq"][-1]
+    assert feats["lasmax"].max() - la == pytest.approx(-7.4, abs=0.5)
+
+
+def test_steady_tone_fast_max_and_min_equal_leq():
+    """On a steady tone after settling, LAFmax and LAFmin equal LAeq within 0.1 dB."""
+    f = _one(np.stack([_sine(1000, 5000, phase=0.0)] * 4))
+    assert f["lafmax"][-1] == pytest.approx(f["laeq"][-1], abs=0.1)
+    assert f["lafmin"][-1] == pytest.approx(f["laeq"][-1], abs=0.1)
+
+
+def test_detector_block_evaluation_matches_the_sample_recursion():
+    """The block-wise detector equals y[n] = y[n-1] + alpha (x^2 - y[n-1]) within 0.04 dB."""
+    rng = np.random.default_rng(3)
+    sq = (rng.standard_normal(8000) * np.repeat(rng.uniform(0.1, 3, 80), 100)) ** 2
+    alpha = 1 - math.exp(-1 / (RATE * 0.125))
+    y, ys = 1.0, []
+    for v in sq:
+        y += alpha * (v - y)
+        ys.append(y)
+    ext, y_end = levels.detector(sq.reshape(1, 2, 4000), RATE, 0.125, np.array([1.0]))
+    ys = np.array(ys).reshape(2, 4000)
+    assert 10 * np.log10(ext[0] / ys.max(axis=1)) == pytest.approx([0, 0], abs=0.04)
+    assert 10 * np.log10(ext[1] / np.minimum(ys.min(axis=1), [1.0, ys[0, -1]])) == pytest.approx(
+        [0, 0], abs=0.04)
+    assert y_end[0] == pytest.approx(ys[-1, -1], rel=1e-9)
+
+
+# ---- C peak: IEC 61672-1 Table 5 ---------------------------------------------------------------
+def test_one_cycle_at_500_hz_c_peak_against_table_5():
+    """LCpeak of one 500 Hz cycle is 3.5 dB above the steady LC (class 1 +-1 dB)."""
+    rate = 48000
+    t = np.arange(rate) / rate
+    steady = 10000 * np.sin(2 * np.pi * 500 * t)
+    lc = dsp.analyse_stream(steady.reshape(2, -1), rate)[0]["lceq"][-1]
+    x = np.zeros(rate)
+    x[12000:12000 + 96] = steady[:96]
+    lcpeak = dsp.analyse_stream(x.reshape(2, -1), rate)[0]["lcpeak"].max()
+    assert lcpeak - lc == pytest.approx(3.5, abs=1.0)
+
+
+# ---- frames of one stream: state carried across frame edges ------------------------------------
+@pytest.mark.parametrize("frame_n", [4000, 1000, 333])
+def test_a_stream_cut_into_frames_measures_as_uncut(frame_n):
+    """A tone plus noise cut into frames, fed one call at a time, equals the uncut analysis."""
+    rng = np.random.default_rng(7)
+    n = frame_n * 12
+    x = (3000 * np.sin(2 * np.pi * 97.3 * np.arange(n) / RATE) + rng.normal(0, 500, n) + 800)
+    whole, _ = dsp.analyse_stream(x.reshape(12, frame_n), RATE)
+    state, pieces = None, []
+    for i in range(12):
+        feats, state = dsp.analyse_stream(x[i * frame_n:(i + 1) * frame_n], RATE, state)
+        pieces.append(feats)
+    for key in ("laeq", "lceq", "lafmax", "lafmin", "lcpeak"):
+        got = np.array([p[key][0] for p in pieces])
+        np.testing.assert_allclose(got, whole[key], atol=1e-6, err_msg=key)
+
+
+def test_frame_edges_leave_no_transient():
+    """Each 0.5 s frame of a long 63 Hz tone reads what the uncut signal holds there (0.05 dB)."""
+    n = RATE * 6
+    x = 8000 * np.sin(2 * np.pi * 63.0 * np.arange(n) / RATE) + 1500  # with a bias
+    framed, _ = dsp.analyse_stream(x.reshape(12, -1), RATE)
+    goal = 20 * np.log10(8000 / math.sqrt(2) / 32768) + float(dsp.a_weighting_db(63.0))
+    np.testing.assert_allclose(framed["laeq"][1:], goal, atol=0.05)
+
+
+def test_state_survives_json_round_trip():
+    """A state saved as JSON (Redis) continues the stream exactly as the live object does."""
+    x = _sine(440, 5000, n=8000)
+    _, st = dsp.analyse_stream(x[:4000], RATE)
+    a = dsp.analyse_stream(x[4000:], RATE, st)[0]
+    b = dsp.analyse_stream(x[4000:], RATE, dsp.StreamState.from_json(st.to_json()))[0]
+    assert a["laeq"][0] == b["laeq"][0] and a["lafmax"][0] == b["lafmax"][0]
+
+
+def test_batches_continue_from_the_saved_state():
+    """Two batches of one device, the second given the first's state, match one big batch."""
+    t0 = 1_700_000_000_000
+    x = np.concatenate([_sine(250 + 50 * i, 3000 + 500 * i) for i in range(6)])
+    frames = [(("dev", 0, decode_frame(encode_frame(KIND_PCM, s, 9, t0 + 500 * s, RATE,
+                                                     x[s * 4000:(s + 1) * 4000]))))
+              for s in range(6)]
+    cal = {"dev": DeviceCalibration(100.0, True, -60.0)}
+    whole, _ = process_batch(frames, cal)
+    first, states = process_batch(frames[:3], cal)
+    assert state_keys_needed(frames[3:]) == [("dev", 9, 2)] and ("dev", 9, 2) in states
+    second, _ = process_batch(frames[3:], cal, states)
+    fresh, _ = process_batch(frames[3:], cal)
+    for a, b in zip(whole, first + second, strict=True):
+        assert (a.seq, a.laeq, a.lafmax) == (b.seq, b.laeq, b.lafmax)
+    assert fresh[0].lafmin != whole[3].lafmin  # without the state, the detector starts anew
+
+
+# ---- spectrum -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("freq", [31.7, 440.0, 997.3, 3210.9])
+def test_dominant_frequency_is_interpolated(freq):
+    """The interpolated peak is well within 0.05 bin of a clean tone (bin = 2 Hz here)."""
+    assert _one(_sine(freq, 6000))["dominant_hz"][0] == pytest.approx(freq, abs=0.05 * RATE / 4000)
+
+
+@pytest.mark.parametrize("freq", [100.37, 1000.5, 2345.67])
+def test_welch_peak_of_tones_off_the_bins(freq):
+    """The Welch peak of a tone between bins is within 0.05 bin (fs / nperseg = 1 Hz)."""
+    rng = np.random.default_rng(1)
+    x = 8000 * np.sin(2 * np.pi * freq * np.arange(10 * RATE) / RATE + 0.4) + rng.normal(0, 30, 10 * RATE)
+    assert spectrum.welch_peak_hz(x, RATE) == pytest.approx(freq, abs=0.05)
+
+
+def test_centroid_of_a_tone_and_of_two_tones():
+    """The centroid of one tone is its frequency; of two equal tones, their midpoint."""
+    assert _one(_sine(1000, 8000))["centroid_hz"][0] == pytest.approx(1000, abs=5)
+    two = _sine(500, 6000).astype(float) + _sine(1500, 6000)
+    assert _one(two)["centroid_hz"][0] == pytest.approx(1000, abs=10)
+
+
+def test_third_octave_bands_hold_a_tone_in_its_band():
+    """A 1 kHz tone's level is in the 1 kHz band (0.1 dB); the bands sum to the frame's energy."""
+    f = _one(_sine(1000, 8000))
+    centres = band_centres_hz(RATE)
+    bands = f["bands_db"][0]
+    assert len(bands) == len(centres) and centres[-1] == 3150
+    assert bands[centres.index(1000)] == pytest.approx(f["dbfs"][0], abs=0.1)
+    others = np.delete(bands, centres.index(1000))
+    assert others.max() < f["dbfs"][0] - 30
+
+
+def test_band_centres_follow_the_rate():
+    """Only complete bands are listed: up to 3150 Hz at 8 kHz, up to 20 kHz at 48 kHz."""
+    assert band_centres_hz(8000)[0] == 20 and band_centres_hz(8000)[-1] == 3150
+    assert band_centres_hz(16000)[-1] == 6300
+    assert band_centres_hz(48000)[-1] == 20000
+
+
+def test_band_blob_round_trip():
+    """Bands are stored as int16 centi-dB: 2 bytes each, 0.01 dB resolution."""
+    values = np.array([-150.0, -101.123, -3.01, 0.0, 12.346])
+    blob = encode_bands(values)
+    assert len(blob) == 10
+    assert decode_bands(blob) == pytest.approx([-150.0, -101.12, -3.01, 0.0, 12.35], abs=0.006)
+
+
+def test_chains_split_at_gaps_reboots_and_shape_changes():
+    """A batch's frames form one chain per run of consecutive seq of one boot and frame shape."""
+    from workers.preprocess import pcm_chains, predecessor
+
+    def f(dev, boot, seq, n=4000):
+        return (dev, 0, decode_frame(encode_frame(KIND_PCM, seq, boot, 0, RATE, np.zeros(n, "<i2"))))
+
+    items = [f("a", 1, 5), f("a", 1, 3), f("a", 1, 4), f("a", 1, 4), f("a", 1, 7), f("a", 2, 0),
+             f("b", 1, 8), f("b", 1, 9, n=2000)]
+    chains = [[(d, fr.boot, fr.seq) for d, _, fr in ch] for ch in pcm_chains(items)]
+    assert sorted(chains) == sorted([[("a", 1, 3), ("a", 1, 4), ("a", 1, 5)], [("a", 1, 7)],
+                                     [("a", 2, 0)], [("b", 1, 8)], [("b", 1, 9)]])
+    assert predecessor([f("a", 2, 0)]) == ("a", 2, 2**32 - 1)  # seq wraps at 2^32
+
+
+def test_stream_states_round_trip_through_redis_keys():
+    """States are saved under the key of the frame they follow, with a TTL, and read back."""
+    from workers import streamstate
+
+    class FakeRedis:
+        def __init__(self):
+            self.data, self.ttl = {}, {}
+
+        def mget(self, keys):
+            return [self.data.get(k) for k in keys]
+
+        def pipeline(self, transaction=False):
+            return self
+
+        def set(self, key, value, ex=None):
+            self.data[key], self.ttl[key] = value, ex
+
+        def execute(self):
+            return []
+
+    r = FakeRedis()
+    _, st = dsp.analyse_stream(_sine(300, 4000), RATE)
+    streamstate.save(r, {("dev", 7, 41): st})
+    assert list(r.data) == ["soundmon:dsp:dev:7:41"] and r.ttl["soundmon:dsp:dev:7:41"] == 60
+    r.data["soundmon:dsp:dev:7:40"] = b"{not json"
+    loaded = streamstate.load(r, [("dev", 7, 41), ("dev", 7, 40), ("dev", 7, 39)])
+    assert list(loaded) == [("dev", 7, 41)]
+    assert np.array_equal(loaded[("dev", 7, 41)].zi_c, st.zi_c)

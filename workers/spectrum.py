@@ -1,0 +1,140 @@
+"""Spectra per frame: interpolated dominant frequency, spectral centroid, 1/3-octave band levels.
+
+One Hann-windowed rfft per frame feeds all three. Band levels are unweighted (Z) mean squares
+in dB re full scale; they are stored as int16 centi-dB (``encode_bands``) and the band list
+is derived from the sample rate (``band_centres_hz``), so a row carries 2 bytes per band.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+from scipy import signal
+
+from soundmon.bands import (  # noqa: F401  (re-exported)
+    BAND_FLOOR_DB,
+    BAND_INDEX,
+    band_centres_hz,
+    decode_bands,
+    encode_bands,
+)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Everything about an n-point spectrum at one rate that does not depend on the data."""
+
+    window: np.ndarray  # (n,) Hann (flat under 4 samples)
+    scale: np.ndarray  # (n_bins,) |X|^2 -> one-sided mean square per bin; 0 at DC
+    freqs: np.ndarray  # (n_bins,) Hz
+    starts: np.ndarray  # reduceat indices: each band's first bin, then the last band's end
+    empty: np.ndarray  # (n_bands,) bool: bands without a bin (short frames, low bands)
+
+
+@lru_cache(maxsize=32)
+def _plan(n: int, rate_hz: float) -> _Plan:
+    # a symmetric Hann window of fewer than 4 samples is (almost) all zeros: use a flat one
+    w = signal.get_window("hann", n, fftbins=False) if n >= 4 else np.ones(n)
+    n_bins = n // 2 + 1
+    # one-sided mean square per bin: the bins add up to the frame's mean square (Parseval,
+    # normalised by the window's energy)
+    scale = np.full(n_bins, 2.0 / (n * float(np.sum(w * w))))
+    if n % 2 == 0:
+        scale[-1] /= 2.0
+    scale[0] = 0.0  # DC is removed; its residue is neither a peak nor a band
+    freqs = np.fft.rfftfreq(n, 1.0 / rate_hz)
+    count = len(band_centres_hz(rate_hz))
+    exact = 1000.0 * 10 ** (np.asarray(BAND_INDEX[:count]) / 10)
+    lo = np.searchsorted(freqs, exact * 10 ** (-0.05))
+    hi = np.searchsorted(freqs, exact * 10 ** 0.05)
+    # bands are contiguous (each one's upper edge is the next one's lower edge), so one
+    # reduceat over [lo_0, lo_1, ..., lo_last, hi_last) sums them all (for an odd n the very
+    # last bin, just under fs/2, can fall outside the last band: a bin of 2/n of the band)
+    starts = np.minimum(np.append(lo, hi[-1:]), n_bins - 1) if count else np.zeros(0, int)
+    return _Plan(w, scale, freqs, starts, (hi - lo) <= 0)
+
+
+def frame_spectra(xd: np.ndarray, rate_hz: float) -> dict[str, np.ndarray]:
+    """Dominant frequency, centroid and band levels of DC-free frames.
+
+    Parameters
+    ----------
+    xd : ndarray, shape (n_frames, n_samples), counts, mean removed
+    rate_hz : float
+
+    Returns
+    -------
+    dict:
+        ``dominant_hz`` (n_frames,), Hz, NaN for frames under 4 samples or without power;
+        ``centroid_hz`` (n_frames,), Hz, NaN without power;
+        ``bands_db`` (n_frames, n_bands), dB re full scale (Z), floored at BAND_FLOOR_DB.
+    """
+    n_frames, n = xd.shape
+    n_bands = len(band_centres_hz(rate_hz))
+    nan = np.full(n_frames, np.nan)
+    if n == 0:
+        return {"dominant_hz": nan, "centroid_hz": nan.copy(),
+                "bands_db": np.full((n_frames, n_bands), BAND_FLOOR_DB)}
+    plan = _plan(n, float(rate_hz))
+    spec = np.fft.rfft(xd * plan.window, axis=1)
+    ms_bins = (spec.real**2 + spec.imag**2) * plan.scale
+
+    total = ms_bins.sum(axis=1)
+    has_power = total > 0
+    centroid = np.where(has_power, ms_bins @ plan.freqs / np.where(has_power, total, 1.0), np.nan)
+
+    if n_bands and len(plan.starts) > 1 and plan.starts[-1] > plan.starts[0]:
+        band_ms = np.add.reduceat(ms_bins, plan.starts, axis=1)[:, :n_bands]
+        band_ms[:, plan.empty] = 0.0
+    else:
+        band_ms = np.zeros((n_frames, n_bands))
+    with np.errstate(divide="ignore"):
+        bands = np.maximum(10.0 * np.log10(band_ms * (1.0 / 32768.0**2)), BAND_FLOOR_DB)
+
+    return {"dominant_hz": _peak_hz(ms_bins, rate_hz, n) if n >= 4 else nan,
+            "centroid_hz": centroid, "bands_db": bands}
+
+
+def _peak_hz(ms_bins: np.ndarray, rate_hz: float, n: int) -> np.ndarray:
+    """Interpolated peak: a parabola through the log power of the largest bin and its neighbours.
+
+    On a Hann-windowed spectrum the worst-case bias is about 0.016 bin on a clean tone
+    (shared/acoustics.md section 6); the log of power and of magnitude give the same vertex.
+    """
+    n_frames, n_bins = ms_bins.shape
+    k = np.argmax(ms_bins, axis=1)
+    rows = np.arange(n_frames)
+    peak = ms_bins[rows, k]
+    inner = (k > 0) & (k < n_bins - 1)
+    km, kp = np.clip(k - 1, 0, n_bins - 1), np.clip(k + 1, 0, n_bins - 1)
+    tiny = 1e-300  # log(0) guard; a zero neighbour just pins the vertex to the peak bin
+    lm = np.log(np.maximum(ms_bins[rows, km], tiny))
+    l0 = np.log(np.maximum(peak, tiny))
+    lp = np.log(np.maximum(ms_bins[rows, kp], tiny))
+    denom = lm - 2.0 * l0 + lp
+    with np.errstate(divide="ignore", invalid="ignore"):
+        delta = np.where(inner & (denom < 0), 0.5 * (lm - lp) / np.where(denom < 0, denom, -1.0),
+                         0.0)
+    out = (k + np.clip(delta, -0.5, 0.5)) * rate_hz / n
+    return np.where(peak > 0, out, np.nan)
+
+
+def welch_peak_hz(x: np.ndarray, rate_hz: float, segment_s: float = 1.0) -> float:
+    """Interpolated peak of the Welch spectrum (Hann, 50 % overlap) of a long signal, in Hz.
+
+    Averaging segments lowers the noise of the estimate; the parabola on log power keeps the
+    bias under 0.02 bin of fs / nperseg. NaN for signals under 4 samples or without power.
+    """
+    x = np.asarray(x, dtype=float)
+    if x.size < 4:
+        return float("nan")
+    nperseg = min(x.size, max(4, int(round(segment_s * rate_hz))))
+    freqs, psd = signal.welch(x, fs=rate_hz, window="hann", nperseg=nperseg, detrend="constant")
+    psd = psd.copy()
+    psd[0] = 0.0
+    if not np.any(psd > 0):
+        return float("nan")
+    # welch's frequency grid is k * fs / nperseg, as for one frame of nperseg samples
+    return float(_peak_hz(psd[np.newaxis, :], rate_hz, nperseg)[0])
