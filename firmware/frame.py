@@ -22,7 +22,7 @@ try:
     from micropython import const
 except ImportError:  # CPython: const() is a MicroPython compile-time hint, a no-op here
 
-    def const(value):
+    def const(value):  # type: ignore[misc]
         return value
 
 

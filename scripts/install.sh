@@ -7,6 +7,8 @@ need=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v mosquitto_pub >/dev/null 2>&1 || need+=(mosquitto-clients)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v node >/dev/null 2>&1 || need+=(nodejs)
+command -v npm >/dev/null 2>&1 || need+=(npm)
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing Debian packages: ${need[*]}"
     SUDO=""
@@ -27,5 +29,10 @@ stamp=.venv/.installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
     touch "$stamp"
+fi
+# MicroPython (WebAssembly) for the firmware tests, pinned by package-lock.json
+npm_stamp=node_modules/.package-lock.json
+if [ ! -f "$npm_stamp" ] || [ package-lock.json -nt "$npm_stamp" ]; then
+    npm ci --no-audit --no-fund --loglevel=error
 fi
 echo "soundmon installed in .venv ($(.venv/bin/soundmon --version 2>/dev/null || echo '?'))"

@@ -33,24 +33,38 @@ def find_binary(candidates: tuple[str, ...]) -> str | None:
     return None
 
 
+OPEN_ACCESS = """# Local demo and tests: anonymous on loopback. For devices on a network use a password_file
+# and ACLs (README: Docker Compose).
+allow_anonymous true"""
+
+
 def mosquitto_conf(port: int, data_dir: Path | str, bind: str = "127.0.0.1",
-                   log_dest: str = "stdout", run_as: str | None = None) -> str:
+                   log_dest: str = "stdout", run_as: str | None = None,
+                   password_file: Path | str | None = None,
+                   acl_file: Path | str | None = None) -> str:
     """mosquitto.conf for soundmon.
 
     Persistence is on, and the per-client queue is sized so a gateway that is slow or down
     for a while is never silently dropped (mosquitto drops beyond ``max_queued_messages``,
     default 1000: at 4 devices x 2 frames/s that is two minutes of downtime).
+    With ``password_file`` and ``acl_file`` (soundmon.provision) anonymous access is off and
+    each device may publish only as itself; without them the broker is an open demo broker.
     """
     data = str(data_dir).rstrip("/") + "/"
     # Started as root, mosquitto switches to the "mosquitto" user, which cannot write into a
     # root-owned data directory under /root or /tmp/pytest-of-root (0700). When soundmon up
     # itself runs as root it keeps the broker on the same account instead.
     user = f"user {run_as}\n" if run_as else ""
+    if password_file and acl_file:
+        access = f"""# Accounts from `soundmon provision`: each device publishes only as itself
+allow_anonymous false
+password_file {password_file}
+acl_file {acl_file}"""
+    else:
+        access = OPEN_ACCESS
     return f"""# mosquitto configuration written by soundmon (soundmon service-config mosquitto)
 {user}listener {port} {bind}
-# Local demo and tests: anonymous on loopback. For devices on a network use a password_file
-# and ACLs (README: Docker Compose).
-allow_anonymous true
+{access}
 persistence true
 persistence_location {data}
 # seconds between saves of the in-memory state; a crash loses at most this much of queued data
@@ -98,13 +112,23 @@ loglevel notice
 """
 
 
-def prepare_mosquitto(data_dir: Path, port: int, bind: str = "127.0.0.1") -> Path:
-    """Write the config and make its data directory writable by the broker's user."""
+def prepare_mosquitto(data_dir: Path, port: int, bind: str = "127.0.0.1",
+                      auth: bool = False, prefix: str = "soundmon") -> Path:
+    """Write the config and make its data directory writable by the broker's user.
+
+    ``auth``: accounts and ACL from ``data_dir`` (soundmon.provision), anonymous off.
+    """
     mdir = data_dir / "mosquitto"
     mdir.mkdir(parents=True, exist_ok=True)
     conf = mdir / "mosquitto.conf"
     run_as = pwd.getpwuid(os.geteuid()).pw_name if os.geteuid() == 0 else None
-    conf.write_text(mosquitto_conf(port, mdir, bind, run_as=run_as))
+    files: dict[str, Path] = {}
+    if auth:
+        from soundmon.provision import AuthFiles, ensure_auth
+
+        ensure_auth(data_dir, prefix)
+        files = {"password_file": AuthFiles(data_dir).passwd, "acl_file": AuthFiles(data_dir).acl}
+    conf.write_text(mosquitto_conf(port, mdir, bind, run_as=run_as, **files))
     return conf
 
 

@@ -2,7 +2,12 @@
 
 ``SimDevice`` is what a MAX4466 board is on the wire (protocol.md): its own MQTT client
 with the last will ``{"state":"offline"}``, a retained online status on every connect, and
-kind-1 frames at QoS 1 encoded by the firmware's own ``firmware.frame.FrameWriter``.
+kind-1 frames at QoS 1 encoded by the firmware's own ``firmware.frame.FrameWriter``. It is
+the firmware's virtual device: while the broker is away it keeps sampling into the
+firmware's own outage buffer (``firmware.backlog``: recent frames in RAM, older seconds as
+Leq records in a ring file) and on reconnect sends it oldest first, as a board does; the
+status reports ``buffered`` and ``dropped`` from it. Only the transport differs from the
+board (paho here, ``firmware.mqtt`` there).
 Nothing here blocks or starts a thread: ``Poller`` waits on every device's socket at once
 and lets paho read what arrived (paho's external-loop API: ``loop_read``, ``loop_write``,
 ``loop_misc``). A device keeps at most ``WINDOW`` frames unacknowledged, so at full speed
@@ -21,6 +26,7 @@ import selectors
 import time
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -28,7 +34,9 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from firmware.frame import FrameWriter, next_seq
+from firmware import config as fw_config
+from firmware.backlog import Backlog
+from firmware.frame import HEADER_SIZE, FrameWriter
 from soundmon import __version__
 from soundmon.protocol import topic
 from soundmon.scenes import Scene, SceneStream
@@ -74,6 +82,12 @@ class RunConfig:
     frames: int | None
     username: str | None = None
     password: str | None = None
+    # outage buffer per device (firmware defaults) and where its ring files go
+    backlog_dir: Path | None = None
+    ram_frames: int = fw_config.DEFAULTS["ram_frames"]
+    file_records: int = fw_config.DEFAULTS["file_records"]
+    #: device id -> (username, password), when each device has its own broker account
+    credentials: dict[str, tuple[str, str]] | None = None
 
 
 class SimDevice:
@@ -88,8 +102,10 @@ class SimDevice:
         self.run = run
         self.stream = SceneStream(scene, run.rate_hz, seed)
         self.writer = FrameWriter(run.samples_per_frame)
+        backlog_dir = run.backlog_dir or Path(".")
+        self.backlog = Backlog(run.ram_frames, HEADER_SIZE + 2 * run.samples_per_frame,
+                               str(backlog_dir / f"{name}.backlog"), run.file_records, lazy=True)
         self.boot = secrets.randbits(32)  # a new random boot id per run, like a reboot
-        self.seq = 0
         self.rssi_dbm = -45 - seed % 36  # a plausible, fixed Wi-Fi signal: -45..-80 dBm
         self.published = 0
         self.acked = 0
@@ -106,7 +122,9 @@ class SimDevice:
         self.client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=name)
         self.client.will_set(self.status_topic, OFFLINE, qos=1, retain=True)
         self.client.max_inflight_messages_set(WINDOW)
-        if run.username:
+        if run.credentials and name in run.credentials:
+            self.client.username_pw_set(*run.credentials[name])
+        elif run.username:
             self.client.username_pw_set(run.username, run.password)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
@@ -116,7 +134,8 @@ class SimDevice:
         return json.dumps({
             "state": "online", "fw": FIRMWARE, "sensor": SENSOR, "rate": self.run.rate_hz,
             "frame_ms": self.run.frame_ms, "uptime_s": int(time.monotonic() - self.booted),
-            "rssi": self.rssi_dbm, "buffered": 0, "dropped": 0,
+            "rssi": self.rssi_dbm, "buffered": self.backlog.buffered(),
+            "dropped": self.backlog.dropped,
         }, separators=(",", ":"))
 
     def _on_connect(self, client: mqtt.Client, userdata: object, flags: mqtt.ConnectFlags,
@@ -152,21 +171,44 @@ class SimDevice:
         return start + end_sample / self.run.rate_hz / self.run.speed
 
     def ready(self, now: float, start: float) -> bool:
-        """Connected, room in the window, frames left, and (in real time) due."""
-        return (self.connected and len(self.pending) < WINDOW and not self.finished()
-                and (self.run.full_speed or now >= self.due(start)))
+        """A frame is due: in real time when its last sample is captured, connected or not
+        (a board keeps sampling through an outage); at full speed when there is room."""
+        if self.finished():
+            return False
+        if self.run.full_speed:
+            return self.connected and len(self.pending) < WINDOW and self.backlog.empty()
+        return now >= self.due(start)
 
     def publish_frame(self, start_unix_ms: int) -> None:
-        """Render, encode with the firmware's FrameWriter, and publish the next frame."""
+        """Render and encode the next frame; publish it, or keep it in the backlog."""
         first = self.stream.position
         samples = self.stream.read(self.run.samples_per_frame).astype("<i2", copy=False)
         t0_ms = start_unix_ms + first * 1000 // self.run.rate_hz
-        frame = self.writer.pcm(self.seq, self.boot, t0_ms, self.run.rate_hz,
-                                memoryview(samples).cast("B"))
+        self.published += 1
+        if self.connected and len(self.pending) < WINDOW and self.backlog.empty():
+            frame = self.writer.pcm(self.backlog.take_seq(), self.boot, t0_ms,
+                                    self.run.rate_hz, memoryview(samples).cast("B"))
+            self._send(frame)
+        else:  # offline or behind: into the firmware's backlog, sent oldest first
+            self.backlog.keep(self.writer.pcm(0, self.boot, t0_ms, self.run.rate_hz,
+                                              memoryview(samples).cast("B")))
+
+    def _send(self, frame: memoryview) -> None:
         # paho keeps the payload until the PUBACK: give it a copy, not the writer's buffer
         self.pending.append(self.client.publish(self.frame_topic, bytes(frame), qos=1))
-        self.published += 1
-        self.seq = next_seq(self.seq)
+
+    def drain_backlog(self) -> None:
+        """While connected and the window has room, send what the outage left, oldest first."""
+        was_backfilling = not self.backlog.empty()
+        while self.connected and len(self.pending) < WINDOW and not self.backlog.empty():
+            payload = self.backlog.peek(self.boot)
+            if payload is None:
+                break
+            self._send(payload)  # paho has its own copy now, and resends it after a reconnect
+            self.backlog.pop()
+        if was_backfilling and self.backlog.empty():
+            # buffered is back to what is in flight: say so (retained, as on every connect)
+            self.client.publish(self.status_topic, self.status(), qos=1, retain=True)
 
     def service(self, now: float) -> None:
         """After the sockets were read: flush output, keep alive, reconnect, count PUBACKs."""
@@ -181,6 +223,7 @@ class SimDevice:
                 self.client.reconnect()  # on_connect publishes the online status again
             except OSError as err:
                 log.warning("%s: reconnect failed: %s", self.name, err)
+        self.drain_backlog()
         while self.pending:
             head = self.pending[0]
             if head.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:

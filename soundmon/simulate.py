@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import logging
 import signal
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import click
@@ -76,7 +78,10 @@ def simulate(devices: int, broker_host: str = "127.0.0.1", broker_port: int = 18
              duration_s: float | None = None, frames: int | None = None, speed: float = 1.0,
              full_speed: bool = False, prefix: str = DEFAULT_PREFIX, seed: int = 0,
              device_prefix: str = "sim", username: str | None = None,
-             password: str | None = None, stop: threading.Event | None = None) -> dict[str, Any]:
+             password: str | None = None, stop: threading.Event | None = None,
+             credentials: dict[str, tuple[str, str]] | None = None,
+             ram_frames: int | None = None, file_records: int | None = None,
+             on_start: Callable[[list[SimDevice]], None] | None = None) -> dict[str, Any]:
     """Run simulated boards against an MQTT broker until a limit, Ctrl-C, SIGTERM or ``stop``.
 
     Parameters
@@ -91,34 +96,51 @@ def simulate(devices: int, broker_host: str = "127.0.0.1", broker_port: int = 18
         by one frame per frame (simulated time).
     seed : int, scene randomness; each board derives its own from it.
     stop : threading.Event, optional; set it (from another thread) to stop the run.
+    credentials : dict, device id -> (username, password) of its own broker account
+        (``soundmon provision``); otherwise every device uses ``username``/``password``.
+    ram_frames, file_records : int, each device's outage buffer (firmware.backlog):
+        frames kept in RAM, then per-second level records in its ring file; the firmware's
+        defaults if None.
+    on_start : called with the devices once all are connected (tests watch them).
 
     Returns
     -------
-    dict: ``published`` and ``acked`` (frames, all boards), ``elapsed_s`` (s, first frame to
-    last acknowledgement), ``fps`` (acknowledged frames per s) and ``devices``, one dict per
-    board (``device``, ``scene``, ``boot``, ``published``, ``acked``).
+    dict: ``published`` (frames captured) and ``acked`` (messages the broker acknowledged:
+    frames, and level frames made during an outage), all boards; ``undelivered`` (frames
+    and records still held at the end) and ``dropped`` (records the full outage buffer
+    overwrote); ``elapsed_s`` (s, first frame to last acknowledgement), ``fps``
+    (acknowledged per s) and ``devices``, one dict per board (``device``, ``scene``,
+    ``boot``, ``published``, ``acked``, ``undelivered``, ``dropped``).
     """
     samples_per_frame = _check_arguments(devices, scene, rate, frame_ms, duration_s, frames,
                                          speed, device_prefix)
     cycle = list(SCENES.values())
     scenes = [SCENES[scene] if isinstance(scene, str) else scene or cycle[i % len(cycle)]
               for i in range(devices)]
-    run = RunConfig(broker_host, broker_port, prefix, rate, frame_ms, samples_per_frame, speed,
-                    full_speed, frames, username, password)
-    sims = [SimDevice(f"{device_prefix}-{i:02d}", scenes[i], _device_seed(seed, i), run)
-            for i in range(devices)]
-    for sim in sims:
-        sim.stream.warm()  # render each scene's noise banks before the clock starts
     stop = stop or threading.Event()
-    poller = Poller()
-    elapsed = 0.0
-    with _stop_on_signals(stop):
-        try:
-            _connect_all(sims, poller, f"{broker_host}:{broker_port}")
-            elapsed = _publish(sims, poller, run, stop, duration_s)
-        finally:
-            _say_goodbye(sims, poller)
-    return _report(sims, elapsed)
+    with tempfile.TemporaryDirectory(prefix="soundmon-sim-") as backlog_dir:
+        buffers = {k: v for k, v in (("ram_frames", ram_frames), ("file_records", file_records))
+                   if v is not None}
+        run = RunConfig(broker_host, broker_port, prefix, rate, frame_ms, samples_per_frame,
+                        speed, full_speed, frames, username, password,
+                        backlog_dir=Path(backlog_dir), credentials=credentials, **buffers)
+        sims = [SimDevice(f"{device_prefix}-{i:02d}", scenes[i], _device_seed(seed, i), run)
+                for i in range(devices)]
+        for sim in sims:
+            sim.stream.warm()  # render each scene's noise banks before the clock starts
+        poller = Poller()
+        elapsed = 0.0
+        with _stop_on_signals(stop):
+            try:
+                _connect_all(sims, poller, f"{broker_host}:{broker_port}")
+                if on_start:
+                    on_start(sims)
+                elapsed = _publish(sims, poller, run, stop, duration_s)
+            finally:
+                _say_goodbye(sims, poller)
+                for sim in sims:
+                    sim.backlog.close()
+        return _report(sims, elapsed)
 
 
 def _check_arguments(devices: int, scene: str | Scene | None, rate: int, frame_ms: int,
@@ -159,7 +181,8 @@ def _publish(sims: list[SimDevice], poller: Poller, run: RunConfig, stop: thread
                 sent = True
         next_due = now if run.full_speed else min(sim.due(start) for sim in active)
         poller.poll(sims, 0.0 if sent else min(POLL_S, max(0.0, next_due - now)))
-    _wait_for(lambda: not any(sim.pending for sim in sims), sims, poller)
+    _wait_for(lambda: not any(sim.pending or not sim.backlog.empty() for sim in sims), sims,
+              poller)
     return time.monotonic() - start
 
 
@@ -180,6 +203,12 @@ def _connect_all(sims: list[SimDevice], poller: Poller, where: str) -> None:
     deadline = time.monotonic() + CONNECT_TIMEOUT_S
     while not all(sim.connected for sim in sims):
         refused = next((sim for sim in sims if sim.refused), None)
+        if refused and sim.run.credentials and time.monotonic() < deadline:
+            # just provisioned: the broker may not have reloaded its password file yet
+            refused.refused = None
+            time.sleep(0.2)
+            refused.connect()
+            continue
         if refused or time.monotonic() > deadline:
             name, why = (refused.name, refused.refused) if refused else ("a device", "no answer")
             raise BrokerError(f"the MQTT broker at {where} did not accept {name}: {why}")
@@ -196,11 +225,16 @@ def _wait_for(done: Callable[[], bool], sims: list[SimDevice], poller: Poller) -
 def _report(sims: list[SimDevice], elapsed: float) -> dict[str, Any]:
     """The stats dict of ``simulate``, also printed as one line."""
     acked = sum(sim.acked for sim in sims)
+    devices = [{"device": sim.name, "scene": sim.scene.name, "boot": sim.boot,
+                "published": sim.published, "acked": sim.acked,
+                "undelivered": len(sim.pending) + sim.backlog.buffered(),
+                "dropped": sim.backlog.dropped} for sim in sims]
     stats = {
         "published": sum(sim.published for sim in sims), "acked": acked,
+        "undelivered": sum(d["undelivered"] for d in devices),
+        "dropped": sum(d["dropped"] for d in devices),
         "elapsed_s": elapsed, "fps": acked / elapsed if elapsed > 0 else 0.0,
-        "devices": [{"device": sim.name, "scene": sim.scene.name, "boot": sim.boot,
-                     "published": sim.published, "acked": sim.acked} for sim in sims],
+        "devices": devices,
     }
     used = ", ".join(dict.fromkeys(sim.scene.name for sim in sims))
     print(f"simulate: {len(sims)} device(s) ({used}) published {stats['published']} frames, "
@@ -265,26 +299,38 @@ Examples:
               help="Device id prefix; give each simulator on one broker its own.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed of the scenes' randomness: the same seed renders the same sound.")
+@click.option("--provision", is_flag=True,
+              help="Give each device its own broker account in $SOUNDMON_DATA first "
+                   "(soundmon provision), as `soundmon up` does; a running broker of "
+                   "`soundmon up` reloads them.")
 def simulate_command(devices: int, broker: str | None, scene: str | None, rate: int,
                      frame_ms: int, duration: float | None, frames: int | None, speed: float,
-                     full_speed: bool, device_prefix: str, seed: int) -> None:
+                     full_speed: bool, device_prefix: str, seed: int,
+                     provision: bool = False) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
         settings = get_settings()
     except ValidationError as err:
         raise click.ClickException(f"invalid SOUNDMON_* environment variable: {err}") from err
     host, port = _broker(broker) if broker else (settings.mqtt_host, settings.mqtt_port)
+    credentials = None
+    if provision:
+        from soundmon.provision import provision_many
+
+        names = [f"{device_prefix}-{i:02d}" for i in range(devices)]
+        credentials = provision_many(names, settings.data_dir, settings.mqtt_prefix)
     try:
         stats = simulate(devices, host, port, scene=scene, rate=rate, frame_ms=frame_ms,
                          duration_s=duration, frames=frames, speed=speed,
                          full_speed=full_speed, prefix=settings.mqtt_prefix, seed=seed,
                          device_prefix=device_prefix, username=settings.mqtt_username,
-                         password=settings.mqtt_password)
+                         password=settings.mqtt_password, credentials=credentials)
     except BadArguments as err:
         raise click.UsageError(str(err)) from err
     except BrokerError as err:
         raise click.ClickException(f"{err}. Is mosquitto running there? Set --broker or "
                                    "SOUNDMON_MQTT_HOST/SOUNDMON_MQTT_PORT.") from err
-    if stats["acked"] < stats["published"]:
+    if stats["undelivered"] or stats["dropped"]:
         raise click.ClickException(
-            f"{stats['published'] - stats['acked']} frames were not acknowledged by the broker")
+            f"{stats['undelivered']} frames or level records were not acknowledged by the "
+            f"broker, {stats['dropped']} level records were dropped by a full outage buffer")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import click
 
+from soundmon.provision import ensure_auth
 from soundmon.services import (
     INSTALL_HINT,
     MOSQUITTO_CANDIDATES,
@@ -90,9 +91,13 @@ def _wait_healthy(url: str, procs: list[Process], timeout: float) -> dict:
 @click.option("--bind", default="127.0.0.1", show_default=True,
               help="Address the broker and the API listen on (0.0.0.0 for real devices).")
 @click.option("--no-flower", is_flag=True, help="Do not start Flower.")
+@click.option("--open-broker", is_flag=True,
+              help="An open demo broker: anonymous MQTT, no accounts or ACL. By default each "
+                   "device needs its own account (soundmon provision) and may publish only "
+                   "as itself.")
 def up_command(n_devices: int, scene: str | None, data_dir: Path | None, http_port: int | None,
                mqtt_port: int | None, redis_port: int | None, flower_port: int | None,
-               bind: str, no_flower: bool) -> None:
+               bind: str, no_flower: bool, open_broker: bool = False) -> None:
     """Start every soundmon part on this machine; Ctrl-C stops them all."""
     mosquitto = find_binary(MOSQUITTO_CANDIDATES)
     redis_server = find_binary(REDIS_CANDIDATES)
@@ -121,25 +126,36 @@ def up_command(n_devices: int, scene: str | None, data_dir: Path | None, http_po
         "SOUNDMON_HTTP_HOST": bind, "SOUNDMON_HTTP_PORT": str(http),
         "PYTHONUNBUFFERED": "1",
     })
+    prefix = os.environ.get("SOUNDMON_MQTT_PREFIX", "soundmon")
+    mqtt_conf = prepare_mosquitto(data, mqtt, bind, auth=not open_broker, prefix=prefix)
+    # each process gets the broker account of its job (soundmon.provision), nothing more
+    accounts = {} if open_broker else ensure_auth(data, prefix)
+
+    def env_as(account: str | None) -> dict[str, str]:
+        if account is None or open_broker:
+            return env
+        return {**env, "SOUNDMON_MQTT_USERNAME": account,
+                "SOUNDMON_MQTT_PASSWORD": accounts[account]}
+
     infra = [
-        Process("mosquitto", [mosquitto, "-c", str(prepare_mosquitto(data, mqtt, bind))], env,
-                logs / "mosquitto.log"),
+        Process("mosquitto", [mosquitto, "-c", str(mqtt_conf)], env, logs / "mosquitto.log"),
         Process("redis", [redis_server, str(prepare_redis(data, rport, host))], env,
                 logs / "redis.log"),
     ]
     apps = [
         Process("worker-preprocess", soundmon_argv("worker", "preprocess"), env,
                 logs / "worker-preprocess.log"),
-        Process("worker-analyze", soundmon_argv("worker", "analyze"), env,
+        Process("worker-analyze", soundmon_argv("worker", "analyze"), env_as("svc.workers"),
                 logs / "worker-analyze.log"),
-        Process("gateway", soundmon_argv("gateway"), env, logs / "gateway.log"),
+        Process("gateway", soundmon_argv("gateway"), env_as("svc.gateway"), logs / "gateway.log"),
         Process("dashboard", soundmon_argv("dashboard"), env, logs / "dashboard.log"),
     ]
     if fport:
         apps.append(Process("flower", soundmon_argv("flower", "--port", str(fport)), env,
                             logs / "flower.log"))
     if n_devices:
-        sim = ["simulate", "--devices", str(n_devices), "--broker", f"{host}:{mqtt}"]
+        sim = ["simulate", "--devices", str(n_devices), "--broker", f"{host}:{mqtt}",
+               *([] if open_broker else ["--provision"])]
         apps.append(Process("simulator", soundmon_argv(*sim, *(["--scene", scene] if scene else [])),
                             env, logs / "simulator.log"))
     run_dir = data / "run"
@@ -158,6 +174,8 @@ def up_command(n_devices: int, scene: str | None, data_dir: Path | None, http_po
         for p, port in zip(infra, (mqtt, rport), strict=True):
             started.append(p.start())
             wait_port(port, proc=p.proc)
+            # now, not later: `soundmon provision` finds the broker to reload by this file
+            (run_dir / f"{p.name}.pid").write_text(f"{p.pid}\n")
         for p in apps:
             started.append(p.start())
         for p in started:
@@ -167,6 +185,9 @@ def up_command(n_devices: int, scene: str | None, data_dir: Path | None, http_po
         click.echo(f"  Dashboard:  http://{host}:{http}/?token={token}")
         click.echo(f"  API token:  {token}   (Authorization: Bearer <token>)")
         click.echo(f"  MQTT:       mqtt://{host}:{mqtt}  topics soundmon/v1/<device>/frame|status")
+        click.echo("  Accounts:   open demo broker (anyone may publish)" if open_broker else
+                   "  Accounts:   one per device: soundmon provision <device> "
+                   f"--data {data}")
         if fport:
             click.echo(f"  Flower:     http://{host}:{fport}")
         click.echo(f"  Logs:       {logs}")

@@ -32,8 +32,11 @@ def dbfs_by_hand(samples: list[int]) -> float:
 class Publisher:
     """A plain paho client that publishes at QoS 1 and waits for each PUBACK."""
 
-    def __init__(self, port: int, client_id: str = "test-publisher") -> None:
+    def __init__(self, port: int, client_id: str = "test-publisher", username: str | None = None,
+                 password: str | None = None) -> None:
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
+        if username:
+            self.client.username_pw_set(username, password)
         self._connected = threading.Event()
         self.client.on_connect = lambda *a: self._connected.set()
         self.client.connect("127.0.0.1", port)

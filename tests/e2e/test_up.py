@@ -51,6 +51,18 @@ class Up:
     def pid(self, name: str) -> int:
         return int((self.data / "run" / f"{name}.pid").read_text())
 
+    def creds(self, device: str) -> tuple[str, str]:
+        """The device's own broker account, made as a user would: `soundmon provision --json`."""
+        out = subprocess.run([sys.executable, "-m", "soundmon", "provision", device, "--data",
+                              str(self.data), "--json"], capture_output=True, text=True, check=True)
+        creds = json.loads(out.stdout)
+        return creds["username"], creds["password"]
+
+    def admin(self) -> tuple[str, str]:
+        """The operators' account `soundmon up` made (reads and writes every topic)."""
+        services = json.loads((self.data / "mosquitto" / "services.json").read_text())
+        return "svc.admin", services["svc.admin"]
+
     def store(self) -> SQLiteStore:
         return SQLiteStore(self.data / "soundmon.db")
 
@@ -122,6 +134,7 @@ def test_loud_stretch_raises_exactly_one_alert_that_resolves(up: Up) -> None:
                       json={"offset_db": K_DB}).status_code == 200
     got: list[dict] = []
     sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="e2e-alert-listener")
+    sub.username_pw_set(*up.admin())
     subscribed = threading.Event()
     sub.on_connect = lambda c, *a: c.subscribe(f"soundmon/v1/{device}/alert", qos=1)
     sub.on_subscribe = lambda *a: subscribed.set()
@@ -129,7 +142,7 @@ def test_loud_stretch_raises_exactly_one_alert_that_resolves(up: Up) -> None:
     sub.connect("127.0.0.1", up.mqtt)
     sub.loop_start()
     assert subscribed.wait(10)
-    pub = Publisher(up.mqtt, "e2e-loud")
+    pub = Publisher(up.mqtt, "e2e-loud", *up.creds(device))
     plan = [70.0] * 6 + [90.0] * 8 + [70.0] * 14  # quiet 3 s, loud 4 s, quiet 7 s
     t0 = int(time.time() * 1000) - 20_000
     for frame in _tone_frames(plan, boot=31337, t0=t0):
@@ -165,17 +178,20 @@ def test_kill_9_of_gateway_and_worker_loses_nothing(up: Up) -> None:
     done = threading.Event()
     published = {d: 0 for d in devices}
 
+    accounts = {d: up.creds(d) for d in devices}  # each device publishes only as itself
+
     def stream() -> None:
-        pub = Publisher(up.mqtt, "e2e-kill-stream")
+        pubs = {d: Publisher(up.mqtt, f"e2e-kill-stream-{d}", *accounts[d]) for d in devices}
         t0 = int(time.time() * 1000)
         for seq in range(per_device):
             for d in devices:
                 frame = hand_frame(seq, 99, t0 + 500 * seq, RATE,
                                    sine(500 + seq, 3000, RATE, N))
-                pub.publish(f"soundmon/v1/{d}/frame", frame)  # waits for the PUBACK
+                pubs[d].publish(f"soundmon/v1/{d}/frame", frame)  # waits for the PUBACK
                 published[d] += 1
             time.sleep(0.02)  # about 4 devices x 40 frames/s
-        pub.close()
+        for pub in pubs.values():
+            pub.close()
         done.set()
 
     store = up.store()
@@ -203,3 +219,17 @@ def test_kill_9_of_gateway_and_worker_loses_nothing(up: Up) -> None:
         seqs = [r.seq for r in store.levels(d, 0, 2**62, limit=10_000)]
         assert sorted(seqs) == list(range(per_device)), d  # each seq exactly once
     assert "restarting" in up.output()
+
+
+def test_broker_refuses_anonymous_clients(up: Up) -> None:
+    """`soundmon up` runs mosquitto with accounts: an anonymous client is refused."""
+    answers: list = []
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="e2e-anonymous")
+    client.on_connect = lambda c, u, flags, reason_code, p: answers.append(reason_code)
+    client.connect("127.0.0.1", up.mqtt)
+    client.loop_start()
+    try:
+        wait_until(lambda: answers, timeout=10, what="a CONNACK")
+    finally:
+        client.loop_stop()
+    assert answers[0].is_failure and "authorized" in str(answers[0]).lower()

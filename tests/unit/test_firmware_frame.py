@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
 from array import array
 from pathlib import Path
 
@@ -15,6 +11,7 @@ import pytest
 from firmware import frame as fw
 from soundmon.protocol import HEADER_SIZE, decode_frame
 from tests.helpers import hand_frame
+from tests.micropython import run_micropython
 
 T0_MS = 1_795_446_447_079  # a Unix time in ms, past 2**32 so the i64 field matters
 BOOT = 0xDEADBEEF
@@ -125,10 +122,8 @@ def test_frames_larger_than_the_buffer_are_refused():
 
 
 _MICROPYTHON_SCRIPT = """
-import sys
-sys.path.insert(0, {path!r})
 from array import array
-import frame
+from firmware import frame
 w = frame.FrameWriter(4)
 print(bytes(w.pcm(frame.next_seq(0xFFFFFFFF), 0xDEADBEEF, 1795446447079, 8000,
                   array("h", [1, -1, -32768, 32752]))).hex())
@@ -137,17 +132,13 @@ print(bytes(w.threshold(1, 2, 3, 1000, [(10000, 65535), (0, 0)])).hex())
 """
 
 
-def _micropython() -> str | None:
-    return shutil.which("micropython") or shutil.which(
-        "micropython", path=os.path.dirname(sys.executable))
-
-
-@pytest.mark.skipif(_micropython() is None, reason="no micropython interpreter on PATH")
-def test_encoder_gives_the_same_bytes_under_micropython():
-    """firmware/frame.py runs unchanged on MicroPython and encodes the same bytes."""
-    script = _MICROPYTHON_SCRIPT.format(path=str(Path(fw.__file__).parent))
-    out = subprocess.run([_micropython(), "-c", script], capture_output=True, text=True,
-                         timeout=60, check=True).stdout.split()
+def test_encoder_gives_the_same_bytes_under_micropython(tmp_path: Path):
+    """firmware/frame.py runs unchanged on MicroPython 1.27 and encodes the same bytes."""
+    script = tmp_path / "frames.py"
+    script.write_text(_MICROPYTHON_SCRIPT)
+    done = run_micropython(script)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout.split()
     w = fw.FrameWriter(4)
     assert out == [
         bytes(w.pcm(0, 0xDEADBEEF, 1795446447079, 8000, array("h", [1, -1, -32768, 32752]))).hex(),
