@@ -1,5 +1,5 @@
 # The two commands a newcomer needs: `make demo` and `make test`. Both install what is missing.
-.PHONY: install demo test test-unit lint bench clean
+.PHONY: install demo test test-unit lint bench accuracy clean
 
 VENV := .venv
 BIN := $(VENV)/bin
@@ -24,3 +24,7 @@ clean:
 
 bench: install
 	$(BIN)/python bench/throughput.py --devices 4 --frames 2500
+	$(BIN)/python bench/dsp.py
+
+accuracy: install
+	$(BIN)/python scripts/accuracy_table.py

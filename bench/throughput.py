@@ -90,8 +90,9 @@ def main() -> int:
             sim = subprocess.run(
                 [sys.executable, "-m", "soundmon", "simulate", "--devices", str(args.devices),
                  "--full-speed", "--frames", str(args.frames), "--broker", f"127.0.0.1:{mqtt}",
-                 "--device-prefix", "bench"],
-                env=env, capture_output=True, text=True, check=True)
+                 "--device-prefix", "bench", "--provision"],
+                env={**env, "SOUNDMON_DATA": str(data)}, capture_output=True, text=True,
+                check=True)
             t_published = time.monotonic() - t0
             stored = 0
             deadline = time.monotonic() + 600

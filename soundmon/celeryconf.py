@@ -30,6 +30,9 @@ def celery_config(settings: Settings) -> dict:
             # restore unacked messages every few seconds instead of roughly every 100 s
             "unacked_restore_interval": max(1, min(5, vt // 4)),
             "unacked_restore_throttle": 1,
+            # the sweep runs under a Redis lock; a worker killed while holding it would block
+            # every sweep for the default 300 s, so let the lock lapse after 15 s
+            "unacked_mutex_expire": 15,
         }
     return {
         "broker_url": settings.broker_url,
@@ -59,9 +62,10 @@ def celery_config(settings: Settings) -> dict:
         "task_send_sent_event": False,
         "worker_hijack_root_logger": False,
         "worker_soft_shutdown_timeout": 10.0,
-        # after a broker connection loss the running tasks are redelivered anyway (acks_late);
-        # cancel them instead of finishing work whose acknowledgement can no longer be sent
-        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # Keep a task running through a broker connection loss and let it finish: on Redis a
+        # cancelled task is acknowledged once the connection is back, and its batch is lost
+        # (seen in tests/integration/test_broker_crash.py). A finished task stored its rows.
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
         "result_expires": 3600,
     }
 

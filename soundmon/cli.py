@@ -21,6 +21,11 @@ COMMANDS = {
     "flower": "workers.app:flower_command",
     "simulate": "soundmon.simulate:simulate_command",
     "service-config": "soundmon.services:service_config_command",
+    "provision": "soundmon.provision:provision_command",
+    "flash": "soundmon.flash:flash_command",
+    "deploy": "soundmon.deploy:deploy_command",
+    "analyze": "workers.fileanalysis:analyze_command",
+    "calibrate": "workers.calibrate_cmd:calibrate_command",
 }
 
 

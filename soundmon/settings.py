@@ -70,6 +70,20 @@ class Settings(BaseSettings):
     alert_resolve_s: float = Field(5.0, ge=0)
     alert_hysteresis_db: float = Field(1.0, ge=0, le=20)
 
+    # Local time zone (IANA name) of the Lden day/evening/night periods (EN/ISO 1996)
+    timezone: str = "UTC"
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"SOUNDMON_TIMEZONE: unknown time zone {v!r}") from exc
+        return v
+
     @field_validator("broker_url")
     @classmethod
     def _broker_scheme(cls, v: str) -> str:
