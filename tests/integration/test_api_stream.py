@@ -45,7 +45,7 @@ def wait_until(predicate, timeout_s: float, what: str) -> None:
 def redis_url() -> Iterator[str]:
     """A throwaway redis-server on a free loopback port, stopped in ``finally``."""
     if not Path(REDIS_SERVER).exists():
-        pytest.skip(f"{REDIS_SERVER} is not installed (scripts/install.sh installs it)")
+        pytest.fail(f"{REDIS_SERVER} is not installed: run `make install`")
     port = free_port()
     proc = subprocess.Popen(
         [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -126,7 +125,6 @@ def test_status_messages_maintain_the_device_registry(stack: Stack) -> None:
     pub.close()
 
 
-@pytest.mark.skipif(shutil.which("mosquitto_pub") is None, reason="mosquitto-clients missing")
 def test_hand_built_frame_sent_with_mosquitto_pub(stack: Stack, tmp_path: Path) -> None:
     """A frame built by hand and sent with `mosquitto_pub -f` arrives with dBFS within 0.05 dB."""
     samples = sine(697, 5000, RATE, N, offset=-1200, phase=0.3)
