@@ -20,6 +20,7 @@ from soundmon.bands import (  # noqa: F401  (re-exported)
     decode_bands,
     encode_bands,
 )
+from workers import kernels
 
 
 @dataclass(frozen=True)
@@ -35,8 +36,7 @@ class _Plan:
 
 @lru_cache(maxsize=32)
 def _plan(n: int, rate_hz: float) -> _Plan:
-    # a symmetric Hann window of fewer than 4 samples is (almost) all zeros: use a flat one
-    w = signal.get_window("hann", n, fftbins=False) if n >= 4 else np.ones(n)
+    w = window(n)
     n_bins = n // 2 + 1
     # one-sided mean square per bin: the bins add up to the frame's mean square (Parseval,
     # normalised by the window's energy)
@@ -53,7 +53,19 @@ def _plan(n: int, rate_hz: float) -> _Plan:
     # reduceat over [lo_0, lo_1, ..., lo_last, hi_last) sums them all (for an odd n the very
     # last bin, just under fs/2, can fall outside the last band: a bin of 2/n of the band)
     starts = np.minimum(np.append(lo, hi[-1:]), n_bins - 1) if count else np.zeros(0, int)
-    return _Plan(w, scale, freqs, starts, (hi - lo) <= 0)
+    empty = (hi - lo) <= 0
+    if not (count and len(starts) > 1 and starts[-1] > starts[0]):  # no band has a bin
+        empty[:] = True
+    return _Plan(w, scale, freqs, starts.astype(np.int64), empty)
+
+
+@lru_cache(maxsize=32)
+def window(n: int) -> np.ndarray:
+    """The analysis window of an n-sample frame (Hann; flat under 4 samples), shape (n,)."""
+    # a symmetric Hann window of fewer than 4 samples is (almost) all zeros: use a flat one
+    w = signal.get_window("hann", n, fftbins=False) if n >= 4 else np.ones(n)
+    w.flags.writeable = False
+    return w
 
 
 def frame_spectra(xd: np.ndarray, rate_hz: float) -> dict[str, np.ndarray]:
@@ -72,29 +84,43 @@ def frame_spectra(xd: np.ndarray, rate_hz: float) -> dict[str, np.ndarray]:
         ``bands_db`` (n_frames, n_bands), dB re full scale (Z), floored at BAND_FLOOR_DB.
     """
     n_frames, n = xd.shape
-    n_bands = len(band_centres_hz(rate_hz))
-    nan = np.full(n_frames, np.nan)
     if n == 0:
+        n_bands = len(band_centres_hz(rate_hz))
+        nan = np.full(n_frames, np.nan)
         return {"dominant_hz": nan, "centroid_hz": nan.copy(),
                 "bands_db": np.full((n_frames, n_bands), BAND_FLOOR_DB)}
+    return windowed_spectra(xd * window(n), rate_hz)
+
+
+def windowed_spectra(xw: np.ndarray, rate_hz: float) -> dict[str, np.ndarray]:
+    """``frame_spectra`` of frames already multiplied by ``window(n)`` (xw: (n_frames, n), n > 0)."""
+    n_frames, n = xw.shape
+    band_ms = np.empty((n_frames, len(band_centres_hz(rate_hz))))
+    out = np.empty((n_frames, 2))
+    windowed_features(xw, rate_hz, band_ms, out)
+    return {"dominant_hz": out[:, 1], "centroid_hz": out[:, 0], "bands_db": bands_to_db(band_ms)}
+
+
+def windowed_features(xw: np.ndarray, rate_hz: float, band_ms: np.ndarray, out: np.ndarray) -> None:
+    """The spectral features of windowed frames, written into arrays the caller owns.
+
+    ``xw`` (n_frames, n > 0); ``band_ms`` (n_frames, n_bands) gets the band mean squares
+    (counts^2), ``out`` (n_frames, 2) the centroid and the dominant frequency (Hz; NaN under
+    4 samples or without power).
+    """
+    n_frames, n = xw.shape
     plan = _plan(n, float(rate_hz))
-    spec = np.fft.rfft(xd * plan.window, axis=1)
-    ms_bins = (spec.real**2 + spec.imag**2) * plan.scale
+    spec = np.fft.rfft(xw, axis=1, out=kernels.scratch("spectrum", (n_frames, n // 2 + 1), complex))
+    kernels.spectral_features(spec, plan.scale, plan.freqs, plan.starts, plan.empty,
+                              float(rate_hz) / n, band_ms, out)
+    if n < 4:
+        out[:, 1] = np.nan
 
-    total = ms_bins.sum(axis=1)
-    has_power = total > 0
-    centroid = np.where(has_power, ms_bins @ plan.freqs / np.where(has_power, total, 1.0), np.nan)
 
-    if n_bands and len(plan.starts) > 1 and plan.starts[-1] > plan.starts[0]:
-        band_ms = np.add.reduceat(ms_bins, plan.starts, axis=1)[:, :n_bands]
-        band_ms[:, plan.empty] = 0.0
-    else:
-        band_ms = np.zeros((n_frames, n_bands))
+def bands_to_db(band_ms: np.ndarray) -> np.ndarray:
+    """Band mean squares (counts^2) -> dB re full scale, floored at BAND_FLOOR_DB."""
     with np.errstate(divide="ignore"):
-        bands = np.maximum(10.0 * np.log10(band_ms * (1.0 / 32768.0**2)), BAND_FLOOR_DB)
-
-    return {"dominant_hz": _peak_hz(ms_bins, rate_hz, n) if n >= 4 else nan,
-            "centroid_hz": centroid, "bands_db": bands}
+        return np.maximum(10.0 * np.log10(band_ms * (1.0 / 32768.0**2)), BAND_FLOOR_DB)
 
 
 def _peak_hz(ms_bins: np.ndarray, rate_hz: float, n: int) -> np.ndarray:
