@@ -98,6 +98,24 @@ def _loud(b: Block) -> np.ndarray:
     return db_to_pa(60.0) * b.noise("pink", 0) + events * b.noise("crash", 2)
 
 
+#: the ``event`` scene: one 20 s loud event, EVENT_START_S into every EVENT_PERIOD_S
+EVENT_START_S, EVENT_LENGTH_S, EVENT_PERIOD_S = 60.0, 20.0, 600.0
+
+
+def _event(b: Block) -> np.ndarray:
+    """A 65 dB(A) background and one 20 s event at 90 dB(A) a minute in, every 10 minutes.
+
+    Made for alerts: with the default rules (60-80 dB(A)) it raises exactly one
+    ``level_high`` alert per event, which resolves about 10 s after the event ends.
+    """
+    start = np.floor(b.t_s / EVENT_PERIOD_S) * EVENT_PERIOD_S + EVENT_START_S
+    loud = gate(b.t_s, start, EVENT_LENGTH_S, ramp_s=0.05)
+    # a steady 250 Hz hum keeps the dominant frequency in band: pink noise alone puts it
+    # at the lowest bins, sometimes under 20 Hz, which would raise freq_low alerts
+    background = db_to_pa(62.0) * b.noise("pink", 0) + b.tone(250.0, 62.0)
+    return background + db_to_pa(90.0) * loud * b.noise("crash", 2)
+
+
 @dataclass(frozen=True)
 class Scene:
     """A named sound scene.
@@ -124,6 +142,9 @@ SCENES: dict[str, Scene] = {s.name: s for s in (
     Scene("alarm", "3 kHz beeping alarm, 85-90 dB(A)", (85.0, 90.0), _alarm),
     # one 1-3 s event at 85-95 dB(A) per 10 s: LAeq,10s from 74 (1 s at 85) to 90 (3 s at 95)
     Scene("loud", "60 dB(A) background, events up to 95 dB(A) for 1-3 s", (74.0, 90.0), _loud),
+    # LAeq,10s is 65 dB(A) outside the event and up to 90 dB(A) during it
+    Scene("event", "65 dB(A) background, one 20 s event at 90 dB(A) from 60 s, every 10 min",
+          (64.0, 90.5), _event),
 )}
 
 

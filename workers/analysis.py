@@ -1,16 +1,23 @@
-"""Bounds checking and the alert state machine (pure: no broker, no database).
+"""Rule evaluation and the alert state machine (pure: no broker, no database).
 
-Default rules (shared/protocol.md section 3), both ends inclusive:
+The rules come from ``workers.rules`` (a device's effective rule set); each yields alert kinds,
+both bounds inclusive:
 
-* ``level_high`` / ``level_low``: LAeq of a frame above ``level_max_db`` / below ``level_min_db``.
-* ``freq_low`` / ``freq_high``: dominant frequency below ``freq_min_hz`` / above ``freq_max_hz``,
-  judged only on frames above the sensor's noise floor (the "dominant frequency" of noise is
-  meaningless). When fs/2 < ``freq_max_hz`` the upper edge cannot be observed, so
-  ``freq_high`` is never decided from such a frame (it is *not verifiable*, not "in band").
+* ``level_high`` / ``level_low`` (rule ``level``): the LAeq over a sliding window of
+  ``window_s`` seconds (energy average of the levels in it), or each frame's LAFmax, above
+  ``max_db`` / below ``min_db``; during quiet hours the quiet bounds apply instead.
+* ``freq_low`` / ``freq_high`` (rule ``frequency``): dominant frequency below ``min_hz`` /
+  above ``max_hz``, judged only on frames above the sensor's noise floor (the "dominant
+  frequency" of noise is meaningless). When fs/2 < ``max_hz`` the upper edge cannot be
+  observed, so ``freq_high`` is never decided from such a frame (it is *not verifiable*,
+  never "in band").
+* ``duty_high`` (rule ``threshold``): an LM393 threshold record's duty cycle above ``duty_pct``.
 
-An alert opens once a condition has held continuously for ``open_s`` and resolves once the
-device has been back inside, by ``hysteresis_db`` for the level rules, continuously for
-``resolve_s``; at most one alert per device and kind is open at any time.
+An alert opens once a condition has held continuously for the rule's minimum time and
+resolves once the device has been back inside, by ``hysteresis_db`` for the level rule,
+continuously for ``resolve_s``; at most one alert per device, rule and kind is open at any
+time. Each alert keeps its worst value, how long it was out (``last_out_ms``) and the frames
+(boot, first and last seq) that caused it.
 
 Order and idempotency. Levels are evaluated in frame order per (device, boot): each boot
 keeps the next expected ``seq``. A frame already evaluated (a redelivered batch) is skipped.
@@ -22,12 +29,14 @@ the rules skip or reorder data.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from soundmon.metrics import FLAG_BIT
 from soundmon.store import Alert
+from workers.rules import FrequencyRule, LevelRule, RuleSet
 
 #: A silence longer than this between two levels breaks "continuously out of bounds".
 MAX_GAP_MS = 5_000
@@ -41,6 +50,8 @@ MAX_BOOTS = 4
 
 @dataclass(frozen=True)
 class Bounds:
+    """The settings' bounds and timers; ``rules()`` makes the equivalent rule set."""
+
     level_min_db: float = 60.0
     level_max_db: float = 80.0
     freq_min_hz: float = 20.0
@@ -48,47 +59,116 @@ class Bounds:
     open_s: float = 2.0
     resolve_s: float = 5.0
     hysteresis_db: float = 1.0
+    window_s: float = 5.0
+
+    def rules(self) -> RuleSet:
+        return RuleSet(
+            level=LevelRule(min_db=self.level_min_db, max_db=self.level_max_db,
+                            open_s=self.open_s, resolve_s=self.resolve_s,
+                            hysteresis_db=self.hysteresis_db, window_s=self.window_s),
+            frequency=FrequencyRule(min_hz=self.freq_min_hz, max_hz=self.freq_max_hz,
+                                    open_s=self.open_s, resolve_s=self.resolve_s),
+        )
 
 
 @dataclass(frozen=True)
-class Rule:
+class Check:
+    """One alert kind: which rule it belongs to, its value and its bound.
+
+    ``limit(rules, t_ms)`` is the bound in force (None: no bound now, the level is inside);
+    ``high`` kinds are out above the bound, the others below it. Back inside means inside by
+    ``margin`` (the level hysteresis).
+    """
+
     kind: str
+    rule: str
     unit: str
-    threshold: Callable[[Bounds], float]
-    value: Callable[[dict[str, Any], Bounds], float | None]  # None: not decidable now
-    out: Callable[[float, Bounds], bool]
-    back_in: Callable[[float, Bounds], bool]  # inside, past the hysteresis
-    worse: Callable[[float, float], float]
+    high: bool
+    value: Callable[[dict[str, Any], RuleSet, dict[str, Any]], float | None]  # None: undecidable
+    limit: Callable[[RuleSet, int], float | None]
+    margin: Callable[[RuleSet], float] = lambda r: 0.0
+
+    def out(self, value: float, limit: float) -> bool:
+        return value > limit if self.high else value < limit
+
+    def back_in(self, value: float, limit: float, rules: RuleSet) -> bool:
+        m = self.margin(rules)
+        return value <= limit - m if self.high else value >= limit + m
+
+    def worse(self, a: float, b: float) -> float:
+        return max(a, b) if self.high else min(a, b)
 
 
-def _laeq(level: dict[str, Any], b: Bounds) -> float | None:
-    return level.get("laeq")
+def _level_value(level: dict[str, Any], r: RuleSet, st: dict[str, Any]) -> float | None:
+    if r.level.metric == "lafmax":
+        return level.get("lafmax")
+    return st.get("windowed")
 
 
-def _freq(level: dict[str, Any], b: Bounds) -> float | None:
+def _freq(level: dict[str, Any], r: RuleSet, st: dict[str, Any]) -> float | None:
     if level.get("flags", 0) & (FLAG_BIT["below_noise_floor"] | FLAG_BIT["no_level"]):
         return None
     return level.get("dominant_hz")
 
 
-def _freq_high(level: dict[str, Any], b: Bounds) -> float | None:
+def _freq_high(level: dict[str, Any], r: RuleSet, st: dict[str, Any]) -> float | None:
     rate = level.get("rate") or 0
-    if level.get("kind") != 1 or rate / 2.0 < b.freq_max_hz:
+    if level.get("kind") != 1 or rate / 2.0 < r.frequency.max_hz:
         return None  # the band edge lies above Nyquist: not verifiable
-    return _freq(level, b)
+    return _freq(level, r, st)
 
 
-RULES: tuple[Rule, ...] = (
-    Rule("level_high", "dB(A)", lambda b: b.level_max_db, _laeq,
-         lambda v, b: v > b.level_max_db, lambda v, b: v <= b.level_max_db - b.hysteresis_db, max),
-    Rule("level_low", "dB(A)", lambda b: b.level_min_db, _laeq,
-         lambda v, b: v < b.level_min_db, lambda v, b: v >= b.level_min_db + b.hysteresis_db, min),
-    Rule("freq_low", "Hz", lambda b: b.freq_min_hz, _freq,
-         lambda v, b: v < b.freq_min_hz, lambda v, b: v >= b.freq_min_hz, min),
-    Rule("freq_high", "Hz", lambda b: b.freq_max_hz, _freq_high,
-         lambda v, b: v > b.freq_max_hz, lambda v, b: v <= b.freq_max_hz, max),
+def _duty(level: dict[str, Any], r: RuleSet, st: dict[str, Any]) -> float | None:
+    return level.get("duty") if level.get("kind") == 3 else None
+
+
+CHECKS: tuple[Check, ...] = (
+    Check("level_high", "level", "dB(A)", True, _level_value,
+          lambda r, t: r.level_bounds(t)[1], lambda r: r.level.hysteresis_db),
+    Check("level_low", "level", "dB(A)", False, _level_value,
+          lambda r, t: r.level_bounds(t)[0], lambda r: r.level.hysteresis_db),
+    Check("freq_low", "frequency", "Hz", False, _freq, lambda r, t: r.frequency.min_hz),
+    Check("freq_high", "frequency", "Hz", True, _freq_high, lambda r, t: r.frequency.max_hz),
+    Check("duty_high", "threshold", "%", True, _duty, lambda r, t: r.threshold.duty_pct),
 )
-ALERT_KINDS = tuple(r.kind for r in RULES)
+ALERT_KINDS = tuple(c.kind for c in CHECKS)
+
+
+def _timers(rules: RuleSet, rule: str) -> tuple[float, float]:
+    """(seconds out before opening, seconds back inside before resolving) of a rule."""
+    if rule == "threshold":
+        return rules.threshold.for_s, rules.threshold.resolve_s
+    section = rules.level if rule == "level" else rules.frequency
+    return section.open_s, section.resolve_s
+
+
+def window_laeq(window: list[list[float]], level: dict[str, Any], end: int, window_s: float,
+                ) -> float | None:
+    """Energy-average LAeq over the last ``window_s`` seconds up to ``end`` (Unix ms).
+
+    ``window`` holds ``[t_ms, duration_ms, laeq]`` of recent levels and is trimmed in place.
+    A window of 0 s is the level itself. Levels are weighted by the part of their duration
+    inside the window, so frames of any length average correctly.
+    """
+    laeq = level.get("laeq")
+    if laeq is None:
+        return None
+    if window_s <= 0:
+        window.clear()
+        return float(laeq)
+    window.append([level["t_ms"], duration_ms(level), laeq])
+    start = end - window_s * 1000.0
+    window[:] = [w for w in window if w[0] + w[1] > start]
+    energy = weight = 0.0
+    for t, dur, value in window:
+        covered = min(t + dur, end) - max(t, start)
+        if covered <= 0:
+            continue
+        energy += covered * 10.0 ** (value / 10.0)
+        weight += covered
+    if weight <= 0:
+        return float(laeq)
+    return 10.0 * math.log10(energy / weight)
 
 
 @dataclass
@@ -99,7 +179,11 @@ class Outcome:
     resolved: list[tuple[int, int]] = field(default_factory=list)  # (alert id, ended_ms)
     resolved_alerts: list[Alert] = field(default_factory=list)
     worst: list[tuple[int, float]] = field(default_factory=list)  # (alert id, worst value)
+    #: (alert id, last_out_ms, last_seq): how far an open alert's excursion reaches now
+    extended: list[tuple[int, int, int]] = field(default_factory=list)
     evaluated: int = 0
+    #: ids of the alert events (opened/resolved) the store wrote; set by ``run_analysis``
+    events: list[int] = field(default_factory=list)
 
 
 def duration_ms(level: dict[str, Any]) -> int:
@@ -157,48 +241,75 @@ def analyse(
     hwm_t_ms: int,
     state: dict[str, Any],
     open_alerts: dict[str, Alert],
-    bounds: Bounds,
+    bounds: Bounds | RuleSet,
     now_ms: int = 0,
 ) -> Outcome:
-    """Run the rules over one device's new levels; ``state`` is what the last call returned."""
+    """Run the rules over one device's new levels; ``state`` is what the last call returned.
+
+    ``bounds`` is the device's effective rule set (``workers.rules``), or the settings'
+    ``Bounds``. ``open_alerts`` maps alert kind to the device's open alert.
+    """
+    rules = bounds.rules() if isinstance(bounds, Bounds) else bounds
     state = {k: (dict(v) if isinstance(v, dict) else v) for k, v in state.items()}
     state["boots"] = {b: dict(v) for b, v in state.get("boots", {}).items()}
+    state["window"] = [list(w) for w in state.get("window", [])]
     rules_state: dict[str, dict[str, Any]] = state.setdefault("rules", {})
     fresh = release_in_order(state, levels, now_ms)
     out = Outcome(hwm_t_ms=hwm_t_ms, state=state, evaluated=len(fresh))
     open_now = dict(open_alerts)
     worst: dict[int, float] = {}
+    reach: dict[int, tuple[int, int]] = {}
     for level in fresh:
         t, end = level["t_ms"], level["t_ms"] + duration_ms(level)
-        for rule in RULES:
-            value = rule.value(level, bounds)
+        ctx: dict[str, Any] = {}
+        if level.get("laeq") is not None:
+            if state.get("window_end") is not None and t - state["window_end"] > MAX_GAP_MS:
+                state["window"].clear()  # a gap: the window starts again
+            ctx["windowed"] = window_laeq(state["window"], level, end, rules.level.window_s)
+            state["window_end"] = end
+        frame = [level.get("boot"), level.get("seq")]
+        for check in CHECKS:
+            value = check.value(level, rules, ctx)
             if value is None:
                 continue
-            st = rules_state.setdefault(rule.kind, {"out_since": None, "in_since": None,
-                                                    "last": None})
+            st = rules_state.setdefault(check.kind, {"out_since": None, "in_since": None,
+                                                     "last": None})
             if st["last"] is not None and t - st["last"] > MAX_GAP_MS:
                 st["out_since"] = st["in_since"] = None  # a gap breaks continuity
             st["last"] = end
-            alert = open_now.get(rule.kind)
-            if rule.out(value, bounds):
+            alert = open_now.get(check.kind)
+            enabled = getattr(rules, check.rule).enabled
+            limit = check.limit(rules, t) if enabled else None  # None: nothing to be out of
+            open_s, resolve_s = _timers(rules, check.rule)
+            if limit is not None and check.out(value, limit):
                 st["in_since"] = None
                 if st["out_since"] is None:
                     st["out_since"], st["frames"], st["worst"] = t, [], value
-                st.setdefault("frames", []).append([level.get("boot"), level.get("seq")])
+                st.setdefault("frames", []).append(frame)
                 del st["frames"][:-50]  # keep the evidence bounded
-                st["worst"] = rule.worse(st.get("worst", value), value)
+                st["worst"] = check.worse(st.get("worst", value), value)
                 if alert is not None and not alert.id:  # opened earlier in this batch
-                    alert.worst = round(rule.worse(alert.worst, value), 2)
+                    alert.worst = round(check.worse(alert.worst, value), 2)
+                    alert.last_out_ms, alert.last_seq = end, level.get("seq")
                 elif alert is not None:
-                    worst[alert.id] = rule.worse(worst.get(alert.id, alert.worst), value)
-                elif end - st["out_since"] >= bounds.open_s * 1000:
+                    worst[alert.id] = check.worse(worst.get(alert.id, alert.worst), value)
+                    reach[alert.id] = (end, level.get("seq", 0))
+                elif end - st["out_since"] >= open_s * 1000:
+                    frames = list(st["frames"])
                     alert = Alert(
-                        id=0, device=device, kind=rule.kind, state="open", value=round(value, 2),
-                        threshold=rule.threshold(bounds), unit=rule.unit,
-                        started_ms=st["out_since"], ended_ms=None, worst=round(st["worst"], 2),
-                        extra={"frames": list(st["frames"]), "rate": level.get("rate")},
+                        id=0, device=device, kind=check.kind, state="open", value=round(value, 2),
+                        threshold=limit, unit=check.unit, started_ms=st["out_since"],
+                        ended_ms=None, worst=round(st["worst"], 2),
+                        extra={"frames": frames, "rate": level.get("rate"),
+                               "quiet_hours": check.rule == "level" and rules.level_bounds(t)[2],
+                               **({"metric": rules.level.metric,
+                                   "window_s": rules.level.window_s}
+                                  if check.rule == "level" else {})},
+                        rule=check.rule, severity=rules.severity(check.rule),
+                        boot=frames[0][0], first_seq=frames[0][1], last_seq=level.get("seq"),
+                        last_out_ms=end,
                     )
-                    open_now[rule.kind] = alert
+                    open_now[check.kind] = alert
                     out.opened.append(alert)
                 continue
             st["out_since"] = None
@@ -206,18 +317,19 @@ def analyse(
             st.pop("frames", None)
             if alert is None:
                 continue
-            if not rule.back_in(value, bounds):  # inside, but within the hysteresis band
-                st["in_since"] = None
+            if limit is not None and not check.back_in(value, limit, rules):
+                st["in_since"] = None  # inside, but within the hysteresis band
                 continue
             if st["in_since"] is None:
                 st["in_since"] = t
-            if end - st["in_since"] >= bounds.resolve_s * 1000:
+            if end - st["in_since"] >= resolve_s * 1000:
                 alert.state, alert.ended_ms = "resolved", end
                 if alert.id:
                     out.resolved.append((alert.id, end))
                     out.resolved_alerts.append(alert)
-                del open_now[rule.kind]
+                del open_now[check.kind]
                 st["in_since"] = None
         out.hwm_t_ms = max(out.hwm_t_ms, t)
     out.worst = [(k, round(v, 2)) for k, v in worst.items()]
+    out.extended = [(k, end, seq) for k, (end, seq) in reach.items()]
     return out

@@ -6,7 +6,10 @@ from soundmon.metrics import FLAG_BIT
 from soundmon.store import Alert
 from workers.analysis import GAP_WAIT_MS, Bounds, analyse
 
-B = Bounds()  # 60-80 dB(A), 20-20000 Hz, open after 2 s, resolve after 5 s, 1 dB hysteresis
+# 60-80 dB(A), 20-20000 Hz, open after 2 s, resolve after 5 s, 1 dB hysteresis. These tests
+# judge each frame's LAeq on its own (window 0 s); the sliding window has its own tests in
+# tests/unit/test_rules.py.
+B = Bounds(window_s=0.0)
 T0 = 1_000_000
 
 
