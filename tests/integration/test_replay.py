@@ -1,0 +1,205 @@
+"""Recording, alert clips, replay and uploads on the real stack (mosquitto, redis, Celery workers)."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+import soundfile
+from fastapi.testclient import TestClient
+
+from dashboard.app import create_app
+from soundmon.recording import Recording
+from soundmon.services import Process, soundmon_argv
+from soundmon.settings import Settings
+from soundmon.simulate import simulate
+from soundmon.store import SQLiteStore
+from tests.conftest import Stack, wait_until
+
+pytestmark = pytest.mark.integration
+
+AUTH = {"Authorization": "Bearer test-token"}
+#: a street scene is above 50 dB(A) throughout: a level_high alert opens within seconds
+ENV = {"SOUNDMON_LEVEL_MIN_DB": "40", "SOUNDMON_LEVEL_MAX_DB": "50", "SOUNDMON_CLIP_PREROLL_S": "2",
+       "SOUNDMON_CLIP_POSTROLL_S": "2", "SOUNDMON_RECORDING_SEGMENT_S": "3",
+       "SOUNDMON_RECORDING_UPKEEP_S": "1", "SOUNDMON_VISIBILITY_TIMEOUT_S": "30"}
+
+
+@pytest.fixture
+def rstack(request: pytest.FixtureRequest, tmp_path: Path, mosquitto: int,
+           redis_port: int) -> Iterator[Stack]:
+    """The pipeline with the recording worker, short clips and fast rotation."""
+    s = Stack(tmp_path, mosquitto, redis_port, **ENV)
+    # the recording queue's worker (soundmon up runs it too); only these tests need it
+    s.procs["worker-recording"] = Process("worker-recording",
+                                          soundmon_argv("worker", "recording", "-c", "1"),
+                                          s.env, tmp_path / "logs" / "worker-recording.log")
+    s.start()
+    try:
+        yield s
+    finally:
+        s.stop()
+        request.node.add_report_section("teardown", "service logs", s.logs())
+
+
+@pytest.fixture
+def api(rstack: Stack) -> Iterator[TestClient]:
+    settings = Settings(data_dir=rstack.data, api_token="test-token",
+                        redis_url=f"redis://127.0.0.1:{rstack.redis_port}/0",
+                        broker_url=f"redis://127.0.0.1:{rstack.redis_port}/0",
+                        level_min_db=40, level_max_db=50, clip_preroll_s=2, clip_postroll_s=2,
+                        upload_max_mb=0.5)
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+def _task_result(api: TestClient, task_id: str, timeout: float = 120) -> dict:
+    seen = []
+
+    def done() -> dict | None:
+        r = api.get(f"/api/tasks/{task_id}", headers=AUTH)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        seen.append(body["state"])
+        assert body["state"] != "failed", body["error"]
+        return body if body["state"] == "done" else None
+
+    body = wait_until(done, timeout, 0.2, f"task {task_id}")
+    assert body["progress"] == 1.0 and set(seen) <= {"queued", "running", "done"}
+    return body["result"]
+
+
+def _replay(stack: Stack, *args: str) -> dict:
+    out = subprocess.run(soundmon_argv("replay", *args, "--broker",
+                                       f"127.0.0.1:{stack.mqtt_port}"),
+                         env=stack.env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_record_listen_to_the_alert_and_replay_it_through_the_pipeline(
+        rstack: Stack, api: TestClient) -> None:
+    """A simulated device is recorded; its alert has a clip; a replay at 20x gives its levels."""
+    simulate(1, "127.0.0.1", rstack.mqtt_port, scene="street", frames=20, device_prefix="rec",
+             seed=3)
+    store = SQLiteStore(rstack.data / "soundmon.db")
+    wait_until(lambda: store.count_levels("rec-00") == 20, 180,
+               what="20 levels of rec-00 (the first batch may compile the DSP kernels)")
+    original = store.levels("rec-00", 0, 2**62)
+    rec = Recording(rstack.data)
+    assert len(rec.frame_rows("rec-00", 0, 2**62)) == 20
+    start, end = original[0].t_ms, original[-1].t_ms + 500
+    assert rec.spans("rec-00", start, end)["gaps"] == []
+    assert list((rstack.data / "recordings" / "rec-00").glob("*.flac")), "no rotation into FLAC"
+
+    # the alert and its clip: cut by the clip task after the post-roll, served as WAV
+    (alert,) = wait_until(lambda: store.alerts("rec-00", None, 10), what="an alert")
+    wait_until(lambda: rec.clip(alert.id), 30, what="the clip task")
+    r = api.get(f"/api/alerts/{alert.id}/clip", headers=AUTH)
+    assert r.status_code == 200 and r.headers["content-type"] == "audio/wav"
+    assert json.loads(r.headers["x-soundmon-clip"])["final"] is True
+    clip, rate = soundfile.read(io.BytesIO(r.content), dtype="int16")
+    assert rate == 8000 and clip.size == 4 * 8000  # 2 s pre-roll + 2 s post-roll
+    part = api.get(f"/api/alerts/{alert.id}/clip", headers={**AUTH, "Range": "bytes=0-99"})
+    assert part.status_code == 206 and part.content == r.content[:100]
+    assert api.get("/api/alerts/999999/clip", headers=AUTH).status_code == 404
+
+    # the span as a WAV: exactly the recorded samples
+    wav = api.get("/api/recordings/rec-00/audio", params={"start": start, "end": end},
+                  headers=AUTH)
+    assert wav.status_code == 200 and json.loads(wav.headers["x-soundmon-gaps"]) == []
+    recorded = np.concatenate([f.samples for f in rec.frames("rec-00", start, end)])
+    np.testing.assert_array_equal(soundfile.read(io.BytesIO(wav.content), dtype="int16")[0],
+                                  recorded)
+
+    # replay at 20x through MQTT: the same frame times and levels under another device id
+    result = _replay(rstack, "recording:rec-00", "--speed", "20", "--device", "replay-rec",
+                     "--start", str(start), "--end", str(end))
+    assert result["frames"] == result["acked"] == 20
+    wait_until(lambda: store.count_levels("replay-rec") == 20, what="20 replayed levels")
+    replayed = store.levels("replay-rec", 0, 2**62)
+    assert [r.t_ms for r in replayed] == [r.t_ms for r in original]
+    for a, b in zip(original, replayed, strict=True):
+        assert b.laeq == pytest.approx(a.laeq, abs=0.05), (a.seq, a.laeq, b.laeq)
+        assert b.dbfs == pytest.approx(a.dbfs, abs=0.05)
+
+    # the same replay started from the API, run by the recording worker as a task
+    r = api.post("/api/recordings/rec-00/replay", headers=AUTH,
+                 json={"start": str(start), "end": str(end), "speed": 50, "device": "replay-api"})
+    assert r.status_code == 202, r.text
+    assert _task_result(api, r.json()["task_id"])["acked"] == 20
+    wait_until(lambda: store.count_levels("replay-api") == 20, what="20 levels of replay-api")
+
+    # the same span through changed rules: the live rules raise the alert, 80 dB would not
+    results = {}
+    for name, rules in (("live", None), ("relaxed", {"level": {"max_db": 80}})):
+        r = api.post("/api/recordings/rec-00/analyze", headers=AUTH,
+                     json={"start": str(start), "end": str(end), "rules": rules})
+        assert r.status_code == 202, r.text
+        results[name] = _task_result(api, r.json()["task_id"])
+    assert [a["kind"] for a in results["live"]["alerts"]] == ["level_high"]
+    assert results["relaxed"]["alerts"] == []
+    levels = results["live"]["levels"]
+    assert [f["t_ms"] for f in levels] == [r.t_ms for r in original]
+    for f, row in zip(levels, original, strict=True):
+        assert f["laeq"] == pytest.approx(row.laeq, abs=0.05)
+    bad = api.post("/api/recordings/rec-00/analyze", headers=AUTH,
+                   json={"start": str(start), "end": str(end), "rules": {"level": {"max": 1}}})
+    assert bad.status_code == 422 and "level.max" in bad.json()["detail"]
+
+
+def _test_wav(path: Path, rate: int = 16000, seconds: int = 8) -> bytes:
+    """Noise with a 120 Hz hum and a louder middle: low frequencies test the filter state."""
+    rng = np.random.default_rng(5)
+    t = np.arange(rate * seconds) / rate
+    x = 2000 * rng.standard_normal(t.size) + 4000 * np.sin(2 * np.pi * 120 * t)
+    x[rate * 3: rate * 5] *= 4
+    soundfile.write(path, np.clip(x, -32768, 32767).astype(np.int16), rate, subtype="PCM_16")
+    return path.read_bytes()
+
+
+def test_a_file_gives_the_same_levels_analysed_uploaded_or_replayed(
+        rstack: Stack, api: TestClient, tmp_path: Path) -> None:
+    """soundmon analyze, an upload and a replay through MQTT agree per frame within 0.05 dB;
+    a truncated, non-audio or oversized upload is refused and leaves nothing behind."""
+    data = _test_wav(tmp_path / "hum.wav")
+    out = subprocess.run(soundmon_argv("analyze", str(tmp_path / "hum.wav"), "--json"),
+                         capture_output=True, text=True, timeout=120, env=rstack.env)
+    assert out.returncode == 0, out.stderr
+    analysed = [json.loads(line) for line in out.stdout.splitlines()][:-1]
+    assert len(analysed) == 8
+
+    r = api.post("/api/uploads", params={"name": "hum"}, content=data,
+                 headers={**AUTH, "Content-Type": "audio/wav"})
+    assert r.status_code == 202, r.text
+    result = _task_result(api, r.json()["task_id"])
+    assert [f["t"] for f in result["levels"]] == [f["t"] for f in analysed]
+    for up, an in zip(result["levels"], analysed, strict=True):
+        assert up["laeq"] == pytest.approx(an["laeq"], abs=0.05)
+    assert result["summary"]["laeq"] is not None and isinstance(result["alerts"], list)
+    assert not list((rstack.data / "uploads").iterdir())  # analysed, then deleted
+
+    played = _replay(rstack, str(tmp_path / "hum.wav"), "--speed", "20")
+    assert played["device"] == "replay-hum" and played["acked"] == 8
+    store = SQLiteStore(rstack.data / "soundmon.db")
+    wait_until(lambda: store.count_levels("replay-hum") == 8, what="8 replayed levels")
+    rows = store.levels("replay-hum", 0, 2**62)
+    assert [r.t_ms - rows[0].t_ms for r in rows] == [round(f["t"] * 1000) for f in analysed]
+    for row, an in zip(rows, analysed, strict=True):
+        assert row.laeq - row.k_db == pytest.approx(an["laeq"], abs=0.05), row.seq
+
+    keys = redis.Redis(port=rstack.redis_port).keys("soundmon:task:*")
+    for body, code, words in ((data[: len(data) // 2], 422, "truncated"),
+                              (b"<html>not audio</html>" * 10, 415, "not a WAV or FLAC"),
+                              (data * 3, 413, "limit")):
+        r = api.post("/api/uploads", content=body, headers=AUTH)
+        assert r.status_code == code and words in r.json()["detail"], r.text
+    assert not list((rstack.data / "uploads").iterdir())
+    assert redis.Redis(port=rstack.redis_port).keys("soundmon:task:*") == keys
+    assert api.get("/api/tasks/no-such-task", headers=AUTH).status_code == 404
