@@ -1,10 +1,14 @@
-"""Token checks shared by the API dependencies and the sign-in pages (pure, no FastAPI).
+"""Who may call the API: the rules, as pure functions (no FastAPI, no database).
 
-One shared secret, ``settings.api_token``. Programs send ``Authorization: Bearer <token>``;
-browsers sign in once and then carry it in the ``soundmon_token`` cookie (HttpOnly,
-SameSite=Strict). A cookie is sent by the browser on its own, so a state-changing request
-authenticated only by the cookie must also carry ``X-Requested-With: soundmon``: a cross-site
-form cannot set that header, which is the CSRF guard.
+Two kinds of credentials:
+
+* **Bearer token** for programs: ``Authorization: Bearer <SOUNDMON_API_TOKEN>``. A request
+  that carries an ``Authorization`` header is judged by it alone.
+* **Session cookie** for browsers: signing in with a user and password (``soundmon.users``)
+  sets ``soundmon_session`` (HttpOnly, SameSite=Strict). A cookie is sent by the browser on its
+  own, so a state-changing request authenticated only by the cookie must also carry the
+  session's CSRF token in ``X-CSRF-Token`` (the page reads it from a ``<meta>`` tag); a
+  cross-site page can neither read that token nor set the header.
 """
 
 from __future__ import annotations
@@ -12,21 +16,19 @@ from __future__ import annotations
 import secrets
 from enum import Enum
 
-COOKIE_NAME = "soundmon_token"
-CSRF_HEADER = "X-Requested-With"
-CSRF_VALUE = "soundmon"
+SESSION_COOKIE = "soundmon_session"
+CSRF_HEADER = "X-CSRF-Token"
 #: methods that change nothing, for which the cookie alone is enough
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-#: a browser sign-in lasts 30 days, or until `soundmon up` issues a new token
-COOKIE_MAX_AGE_S = 30 * 24 * 3600
 
 
 class AuthResult(Enum):
     OK = "ok"
     MISSING = "missing"  # no credentials at all
-    INVALID = "invalid"  # a bearer token or cookie that does not match
-    CSRF = "csrf"  # a valid cookie on a non-GET request without the CSRF header
-    UNCONFIGURED = "unconfigured"  # the server has no token: nobody gets in
+    INVALID = "invalid"  # a bearer token that does not match
+    EXPIRED = "expired"  # a session cookie that is unknown, expired or signed out
+    CSRF = "csrf"  # a valid session on a non-GET request without its CSRF token
+    UNCONFIGURED = "unconfigured"  # a bearer token, but the server has none configured
 
 
 def token_matches(expected: str | None, presented: str | None) -> bool:
@@ -47,22 +49,27 @@ def bearer_token(authorization: str | None) -> str | None:
 
 
 def check_request(
-    expected: str | None,
+    expected_token: str | None,
     method: str,
     authorization: str | None,
-    cookie: str | None,
+    has_cookie: bool,
+    session_csrf: str | None,
     csrf_header: str | None,
 ) -> AuthResult:
-    """Decide whether one request is authenticated (see the module docstring for the rules)."""
-    if not expected:
-        return AuthResult.UNCONFIGURED
+    """Decide whether one request is authenticated (see the module docstring for the rules).
+
+    ``session_csrf`` is the CSRF token of the live session the cookie names, or None when
+    there is no cookie or it names no live session.
+    """
     if authorization is not None:
-        return AuthResult.OK if token_matches(expected, bearer_token(authorization)) \
+        if not expected_token:
+            return AuthResult.UNCONFIGURED
+        return AuthResult.OK if token_matches(expected_token, bearer_token(authorization)) \
             else AuthResult.INVALID
-    if cookie is None:
+    if not has_cookie:
         return AuthResult.MISSING
-    if not token_matches(expected, cookie):
-        return AuthResult.INVALID
-    if method.upper() not in SAFE_METHODS and csrf_header != CSRF_VALUE:
+    if session_csrf is None:
+        return AuthResult.EXPIRED
+    if method.upper() not in SAFE_METHODS and not token_matches(session_csrf, csrf_header):
         return AuthResult.CSRF
     return AuthResult.OK

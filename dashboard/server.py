@@ -20,7 +20,8 @@ from soundmon.settings import Settings
 @click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path),
               default=None, help="Data directory holding soundmon.db [default: SOUNDMON_DATA].")
 def dashboard_command(host: str | None, port: int | None, data_dir: Path | None) -> None:
-    """Serve the HTTP API and the live page (needs SOUNDMON_API_TOKEN)."""
+    """Serve the HTTP API and the dashboard (needs SOUNDMON_API_TOKEN; creates user admin
+    on first start)."""
     try:
         settings = Settings()
     except ValidationError as exc:
@@ -34,6 +35,13 @@ def dashboard_command(host: str | None, port: int | None, data_dir: Path | None)
             "print(secrets.token_urlsafe(32))')), or start everything with `soundmon up`, "
             "which generates one."
         )
+
+    from soundmon.users import ADMIN_PASSWORD_FILE, ensure_admin
+
+    admin, password = ensure_admin(settings.data_dir, settings.db_path)
+    if password:
+        click.echo(f"dashboard sign-in: user {admin}, password in "
+                   f"{settings.data_dir / ADMIN_PASSWORD_FILE}")
 
     import uvicorn  # the web stack only when serving
 
@@ -51,7 +59,7 @@ def dashboard_command(host: str | None, port: int | None, data_dir: Path | None)
                 asyncio.get_running_loop().call_soon_threadsafe(hub.close_clients)
             super().handle_exit(sig, frame)
 
-    click.echo(f"soundmon dashboard on http://{host}:{port}/ (sign in with SOUNDMON_API_TOKEN)")
+    click.echo(f"soundmon dashboard on http://{host}:{port}/ (API: Bearer SOUNDMON_API_TOKEN)")
     config = uvicorn.Config(app, host=host, port=port, log_level="info",
                             timeout_graceful_shutdown=3)  # backstop for stuck clients
     Server(config).run()

@@ -94,9 +94,16 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
 
 
 def test_up_prints_urls_and_becomes_healthy(up: Up) -> None:
-    """`soundmon up` prints the dashboard URL with the token, and /api/health turns all green."""
+    """`soundmon up` prints the dashboard URL, the first user's password and the API token, and
+    /api/health turns all green."""
     out = up.output()
-    assert f"http://127.0.0.1:{up.http}/?token={up.token}" in out
+    assert f"Dashboard:  http://127.0.0.1:{up.http}/\n" in out
+    assert f"API token:  {up.token} " in out
+    password = (up.data / "admin-password").read_text().strip()
+    assert f"Sign in:    user admin, password {password} " in out
+    signin = httpx.post(f"http://127.0.0.1:{up.http}/login",
+                        data={"user": "admin", "password": password}, timeout=10)
+    assert signin.status_code == 303 and "soundmon_session=" in signin.headers["set-cookie"]
     assert f"http://127.0.0.1:{up.flower}" in out
     health = wait_until(lambda: (r := up.api.get("/api/health")).status_code == 200 and r.json(),
                         timeout=60, what="a healthy stack")
@@ -143,7 +150,9 @@ def test_loud_stretch_raises_exactly_one_alert_that_resolves(up: Up) -> None:
     sub.loop_start()
     assert subscribed.wait(10)
     pub = Publisher(up.mqtt, "e2e-loud", *up.creds(device))
-    plan = [70.0] * 6 + [90.0] * 8 + [70.0] * 14  # quiet 3 s, loud 4 s, quiet 7 s
+    # quiet 3 s, loud 4 s, quiet 12 s: the default rule judges LAeq over a sliding 5 s window,
+    # which stays above 80 dB(A) until the loud part has left it (4.5 s), then 5 s inside
+    plan = [70.0] * 6 + [90.0] * 8 + [70.0] * 24
     t0 = int(time.time() * 1000) - 20_000
     for frame in _tone_frames(plan, boot=31337, t0=t0):
         pub.publish(f"soundmon/v1/{device}/frame", frame)
@@ -155,7 +164,9 @@ def test_loud_stretch_raises_exactly_one_alert_that_resolves(up: Up) -> None:
 
     alerts = wait_until(resolved, timeout=60, what="the alert to resolve")
     assert [a["kind"] for a in alerts] == ["level_high"]
-    assert alerts[0]["value"] == pytest.approx(90.0, abs=0.2)
+    # LAeq,5s when it opened (2 s out): 3 s at 70 and 2 s at 90; worst: 1 s at 70 and 4 s at 90
+    assert alerts[0]["value"] == pytest.approx(10 * math.log10((3e7 + 2e9) / 5), abs=0.2)  # 86.1
+    assert alerts[0]["worst"] == pytest.approx(10 * math.log10((1e7 + 4e9) / 5), abs=0.2)  # 89.0
     assert alerts[0]["threshold"] == 80.0
     wait_until(lambda: len(got) >= 2, timeout=20, what="open and resolved on MQTT")
     sub.loop_stop()

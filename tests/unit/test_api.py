@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import json
+import re
 import socket
 import sqlite3
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ from soundmon.settings import Settings
 from soundmon.store import LevelRow, SQLiteStore, now_ms
 
 TOKEN = "unit-test-token-0123456789"
+USER, PASSWORD = "alice", "correct horse battery"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 
@@ -73,6 +75,8 @@ def make_client(tmp_path, store: SQLiteStore, fake: FakeRedis | None = None,
     settings = Settings(SOUNDMON_DATA=str(tmp_path), api_token=TOKEN,
                         mqtt_port=mqtt_port or closed_port())
     app = create_app(settings, store, fake if fake is not None else FakeRedis())
+    if USER not in app.state.users.names():
+        app.state.users.add(USER, PASSWORD)
     names = workers if workers is not None else ["analyze@h", "preprocess@h"]
     app.state.health.workers = WorkerPing(lambda: names)
     return TestClient(app)
@@ -117,59 +121,91 @@ def test_health_needs_no_token(client):
     assert client.get("/api/health").status_code in (200, 503)
 
 
-def test_token_in_query_sets_cookie_and_redirects(client):
-    """/?token= with the right token sets an HttpOnly SameSite=Strict cookie and redirects to /."""
-    r = client.get("/", params={"token": TOKEN}, follow_redirects=False)
-    assert r.status_code == 303
-    assert r.headers["location"] == "/"
+def sign_in(client: TestClient, user: str = USER, password: str = PASSWORD) -> str:
+    """Sign in through the form; returns the page's CSRF token."""
+    r = client.post("/login", data={"user": user, "password": password}, follow_redirects=False)
+    assert r.status_code == 303, r.text
+    page = client.get("/")
+    match = re.search(r'<meta name="csrf-token" content="([^"]+)">', page.text)
+    assert match, page.text[:500]
+    return match.group(1)
+
+
+def test_sign_in_sets_a_session_cookie_and_serves_the_page(client):
+    """The right password sets an HttpOnly SameSite=Strict session cookie; page and API open."""
+    r = client.post("/login", data={"user": USER, "password": PASSWORD}, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/"
     cookie = r.headers["set-cookie"].lower()
-    assert "soundmon_token=" in cookie and "httponly" in cookie and "samesite=strict" in cookie
+    assert "soundmon_session=" in cookie and "httponly" in cookie and "samesite=strict" in cookie
+    assert PASSWORD.lower() not in cookie
     page = client.get("/")
     assert page.status_code == 200
-    assert "/static/app.js" in page.text
+    assert "/static/main.js" in page.text and 'name="csrf-token"' in page.text
     assert client.get("/api/devices").status_code == 200
 
 
-def test_token_in_query_wrong_is_401_page(client):
-    """/?token= with a wrong token shows the sign-in page with a message, status 401."""
-    r = client.get("/", params={"token": "wrong"}, follow_redirects=False)
-    assert r.status_code == 401
-    assert "not valid" in r.text
-    assert "soundmon_token" not in r.headers.get("set-cookie", "")
+def test_sign_in_with_a_wrong_password_is_401(client):
+    """A wrong password, or an unknown user: 401 page with a message and no cookie."""
+    for user, password in ((USER, "wrong-password"), ("nobody", PASSWORD)):
+        r = client.post("/login", data={"user": user, "password": password}, follow_redirects=False)
+        assert r.status_code == 401
+        assert "Wrong user name or password" in r.text
+        assert "set-cookie" not in r.headers
+    assert client.get("/api/devices").status_code == 401
 
 
 def test_root_without_auth_shows_sign_in(client):
-    """/ without credentials serves the sign-in form, not the live page."""
+    """/ without credentials serves the sign-in form, not the dashboard; no data either."""
     r = client.get("/")
     assert r.status_code == 200
-    assert 'action="/login"' in r.text and "app.js" not in r.text
+    assert 'action="/login"' in r.text and "main.js" not in r.text
+    assert client.get("/api/stream").status_code == 401
+    assert client.get("/api/export/levels").status_code == 401
 
 
-def test_login_form_wrong_token_is_401(client):
-    """POST /login with a wrong token: 401 page with a message and no cookie."""
-    r = client.post("/login", data={"token": "wrong"}, follow_redirects=False)
-    assert r.status_code == 401
-    assert "Wrong token" in r.text
-    assert "set-cookie" not in r.headers
+def test_the_old_token_query_no_longer_signs_in(client):
+    """/?token= with the API token does not start a browser session: users sign in by password."""
+    r = client.get("/", params={"token": TOKEN}, follow_redirects=False)
+    assert "set-cookie" not in r.headers and 'action="/login"' in r.text
 
 
-def test_login_form_right_token_sets_cookie(client):
-    """POST /login with the token sets the cookie and redirects to the page."""
-    r = client.post("/login", data={"token": TOKEN}, follow_redirects=False)
-    assert r.status_code == 303 and r.headers["location"] == "/"
-    assert "soundmon_token=" in r.headers["set-cookie"]
+def test_sign_in_from_another_site_is_refused(client):
+    """A login form posted from another origin is refused (login CSRF)."""
+    r = client.post("/login", data={"user": USER, "password": PASSWORD},
+                    headers={"Origin": "https://evil.example"}, follow_redirects=False)
+    assert r.status_code == 403 and "set-cookie" not in r.headers
 
 
-def test_cookie_put_without_csrf_header_is_refused(client):
-    """A non-GET authenticated only by the cookie needs X-Requested-With: soundmon."""
-    client.cookies.set("soundmon_token", TOKEN)
+def test_cookie_put_needs_the_session_csrf_token(client):
+    """A non-GET authenticated only by the session cookie needs its X-CSRF-Token."""
+    csrf = sign_in(client)
     body = {"offset_db": 100.0}
     r = client.put("/api/devices/kitchen/calibration", json=body)
     assert r.status_code == 403
-    assert "X-Requested-With" in r.json()["detail"]
-    ok = client.put("/api/devices/kitchen/calibration", json=body,
-                    headers={"X-Requested-With": "soundmon"})
+    assert "X-CSRF-Token" in r.json()["detail"]
+    for bad in ({"X-CSRF-Token": "forged"}, {"X-Requested-With": "soundmon"}):
+        assert client.put("/api/devices/kitchen/calibration", json=body, headers=bad).status_code == 403
+    ok = client.put("/api/devices/kitchen/calibration", json=body, headers={"X-CSRF-Token": csrf})
     assert ok.status_code == 200
+
+
+def test_sign_out_ends_the_session(client):
+    """POST /logout with the CSRF token ends the session: the old cookie opens nothing."""
+    csrf = sign_in(client)
+    cookie = client.cookies.get("soundmon_session")
+    assert client.post("/logout", data={"csrf": "forged"}, follow_redirects=False).status_code == 403
+    r = client.post("/logout", data={"csrf": csrf}, follow_redirects=False)
+    assert r.status_code == 303
+    client.cookies.set("soundmon_session", cookie)
+    r = client.get("/api/devices")
+    assert r.status_code == 401 and "session" in r.json()["detail"]
+    assert 'action="/login"' in client.get("/").text
+
+
+def test_bearer_token_still_works_for_scripts(client):
+    """Scripts keep using Authorization: Bearer, writes included, with no CSRF token."""
+    r = client.put("/api/devices/kitchen/calibration", json={"offset_db": 99.0}, headers=AUTH)
+    assert r.status_code == 200
 
 
 # ---- health ---------------------------------------------------------------------------------
@@ -357,7 +393,8 @@ def test_alerts_filters_and_shape(client, store):
     everything = client.get("/api/alerts", headers=AUTH).json()
     assert [a["device"] for a in everything] == ["kitchen", "hall"]
     assert set(everything[0]) == {"id", "device", "kind", "state", "value", "threshold", "unit",
-                                  "started", "ended", "worst"}
+                                  "started", "ended", "worst", "rule", "severity", "duration_s",
+                                  "acknowledged_by", "acknowledged", "frames", "quiet_hours"}
     opened = client.get("/api/alerts", headers=AUTH, params={"state": "open"}).json()
     assert [(a["device"], a["ended"]) for a in opened] == [("kitchen", None)]
     assert opened[0]["started"] == "2026-01-01T00:00:10.000Z"
