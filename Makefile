@@ -22,9 +22,11 @@ lint: install
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
 
+# throughput, latency and scale vs the transport ceiling and the naive design (docs/performance.md)
 bench: install
-	$(BIN)/python bench/throughput.py --devices 4 --frames 2500
+	$(BIN)/soundmon bench
 	$(BIN)/python bench/dsp.py
+	$(BIN)/python bench/recording.py
 
 accuracy: install
 	$(BIN)/python scripts/accuracy_table.py

@@ -8,6 +8,9 @@
   broker sends us, and so the largest batch.
 * Subscriptions are (re)made in ``on_connect``; ``--share-group`` joins ``$share/<group>/``
   so several gateways split the devices' frames.
+* Batches wait up to ``SOUNDMON_BATCH_MAX_WAIT_MS`` to fill while the workers keep up; while
+  batches queue in the broker (Redis), the window grows up to 250 ms
+  (``gateway.intake.batch_wait_s``), so a backlog is worked off in full batches.
 * Counters go to Redis every 2 s (``/api/gateway``) with a heartbeat key that expires when
   the gateway dies (``/api/health``).
 """
@@ -31,12 +34,17 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from gateway.intake import ACK_NOW, Batch, Intake
+from gateway.intake import ACK_NOW, Batch, Intake, batch_wait_s
 from soundmon import events, tasknames
 from soundmon.celeryconf import make_celery
 from soundmon.settings import Settings, get_settings
 
 log = logging.getLogger("soundmon.gateway")
+
+#: RabbitMQ: give up on a publisher confirm after this long (a broker alarm or a queue without a
+#: leader would otherwise hang the flusher forever); the batch is retried and its frames stay
+#: unacknowledged in MQTT meanwhile. Redis ignores it.
+CONFIRM_TIMEOUT_S = 10.0
 
 SESSION_EXPIRY_S = 7 * 24 * 3600  # the broker keeps our queue for a week of downtime
 HEARTBEAT_S = 2.0
@@ -65,6 +73,11 @@ class Gateway:
         self.client.reconnect_delay_set(min_delay=1, max_delay=30)
         self._redis = redis.Redis.from_url(settings.redis_url, socket_timeout=2)
         self._reported: dict[str, int] = {}
+        # the Celery broker, when it is Redis: how many batches wait for a worker (LLEN)
+        self._broker: redis.Redis | None = None
+        if settings.broker_url.startswith(("redis://", "rediss://")):
+            self._broker = redis.Redis.from_url(settings.broker_url, socket_timeout=0.5,
+                                                socket_connect_timeout=0.5)
 
     # ---- MQTT callbacks (network thread) -----------------------------------------------
     def topics(self) -> list[str]:
@@ -107,15 +120,26 @@ class Gateway:
     def send(self, batch: Batch) -> None:
         """Hand a batch to the Celery broker; raises if the broker did not take it."""
         if batch.frames:
-            self.celery.send_task(tasknames.PREPROCESS, args=[[p.body for p in batch.frames]])
+            self.celery.send_task(tasknames.PREPROCESS, args=[[p.body for p in batch.frames]],
+                                  confirm_timeout=CONFIRM_TIMEOUT_S)
         for p in batch.statuses:
-            self.celery.send_task(tasknames.DEVICE_STATUS, args=p.body)
+            self.celery.send_task(tasknames.DEVICE_STATUS, args=p.body,
+                                  confirm_timeout=CONFIRM_TIMEOUT_S)
+
+    def queued_tasks(self) -> int:
+        """Batches in the preprocess queue that no worker has taken yet (0 if unknown)."""
+        if self._broker is None:
+            return 0
+        try:
+            return int(self._broker.llen(tasknames.PREPROCESS_QUEUE))
+        except redis.RedisError:
+            return 0  # the send below finds out whether the broker is there
 
     def flush_loop(self) -> None:
         backoff = 0.2
         while not self.stop.is_set():
-            batch = self.intake.wait_batch(self.s.batch_max_wait_ms / 1000, time.monotonic,
-                                           self.stop)
+            wait_s = batch_wait_s(self.s.batch_max_wait_ms / 1000, self.queued_tasks())
+            batch = self.intake.wait_batch(wait_s, time.monotonic, self.stop)
             if batch is None:
                 continue
             try:
