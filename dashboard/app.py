@@ -1,7 +1,8 @@
 """The soundmon API and live page: ``create_app`` wires settings, store and Redis together.
 
-Routes live in ``dashboard.routes``; dependencies in ``dashboard.deps``. Every route needs the
-API token except ``GET /api/health``, the sign-in flow (``/``, ``/login``) and ``/static``.
+Routes live in ``dashboard.routes``; dependencies in ``dashboard.deps``. Every route needs a
+signed-in session or the API token (``dashboard.auth``) except ``GET /api/health``, the
+sign-in flow (``/``, ``/login``, ``/logout``) and the page's static files.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import redis.asyncio
@@ -21,11 +23,30 @@ from fastapi.staticfiles import StaticFiles
 from dashboard.deps import Authenticated
 from dashboard.health import Health
 from dashboard.hub import EventHub
-from dashboard.routes import alerts, devices, gateway, health, page, stream
+from dashboard.routes import (
+    alerts,
+    clips,
+    device_settings,
+    devices,
+    export,
+    gateway,
+    health,
+    history,
+    page,
+    recordings,
+    stream,
+    tasks,
+)
+from dashboard.routes import channels as channel_routes
+from dashboard.routes import rules as rule_routes
 from dashboard.routes.page import STATIC_DIR
 from soundmon import __version__
 from soundmon.settings import Settings, get_settings
-from soundmon.store import SQLiteStore
+from soundmon.store import SQLiteStore, open_store
+from soundmon.users import UserStore
+
+#: uPlot, installed from npm by `make install` (package-lock.json pins it); served, never a CDN
+UPLOT_DIR = Path(__file__).resolve().parent.parent / "node_modules" / "uplot" / "dist"
 
 
 def create_app(
@@ -36,7 +57,7 @@ def create_app(
     """Build the app. ``store`` defaults to the SQLite file under the data directory and
     ``redis_client`` (a ``redis.asyncio.Redis``) to one on ``settings.redis_url``."""
     settings = settings or get_settings()
-    store = store or SQLiteStore(settings.db_path)
+    store = store or open_store(settings)  # SOUNDMON_STORE: sqlite or influxdb
     owns_redis = redis_client is None
     if redis_client is None:
         redis_client = redis.asyncio.Redis.from_url(
@@ -59,6 +80,7 @@ def create_app(
     )
     app.state.settings = settings
     app.state.store = store
+    app.state.users = UserStore(settings.db_path)
     app.state.redis = redis_client
     app.state.hub = EventHub(redis_client)
     app.state.health = Health(settings, store, redis_client)
@@ -66,6 +88,14 @@ def create_app(
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     for module in (health, devices, alerts, gateway, stream, page):
         app.include_router(module.router)
+    for module in (history, device_settings, export):
+        app.include_router(module.router)
+    for module in (recordings, clips, tasks):  # docs/recording.md
+        app.include_router(module.router)
+    for module in (rule_routes, channel_routes):  # docs/alerts.md, docs/notifications.md
+        app.include_router(module.router)
+    if UPLOT_DIR.is_dir():  # else the page shows numbers without charts, and says why
+        app.mount("/vendor/uplot", StaticFiles(directory=UPLOT_DIR), name="uplot")
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     @app.get("/api/openapi.json", include_in_schema=False, dependencies=[Authenticated])

@@ -26,6 +26,11 @@ COMMANDS = {
     "deploy": "soundmon.deploy:deploy_command",
     "analyze": "workers.fileanalysis:analyze_command",
     "calibrate": "workers.calibrate_cmd:calibrate_command",
+    "certs": "soundmon.certs:certs_command",
+    "broker-setup": "soundmon.brokersetup:broker_setup_command",
+    "replay": "soundmon.replay:replay_command",
+    "user": "soundmon.users:user_command",
+    "bench": "soundmon.bench:bench_command",
 }
 
 

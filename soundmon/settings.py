@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -57,6 +58,8 @@ class Settings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_port: int = Field(8000, ge=1, le=65535)
     api_token: str | None = None
+    #: Flower's address, for the dashboard's link to worker load (``soundmon up`` sets it)
+    flower_url: str | None = None
 
     # Default bounds (protocol.md section 3), inclusive
     level_min_db: float = 60.0
@@ -72,6 +75,31 @@ class Settings(BaseSettings):
 
     # Local time zone (IANA name) of the Lden day/evening/night periods (EN/ISO 1996)
     timezone: str = "UTC"
+
+    # Notifications (docs/notifications.md): attempts per channel, spaced base, 2 base, 4 base ...
+    notify_max_attempts: int = Field(6, ge=1, le=50)
+    notify_retry_base_s: float = Field(5.0, ge=0.01, le=3600)
+    notify_timeout_s: float = Field(10.0, gt=0, le=300)  # one webhook/SMTP/apprise attempt
+
+    # Level store (docs/influxdb.md): "sqlite" (one file), or "influxdb": levels in InfluxDB,
+    # devices, calibration and alerts still in the SQLite file
+    store: Literal["sqlite", "influxdb"] = "sqlite"
+    influx_url: str = "http://127.0.0.1:8086"
+    influx_token: str | None = None
+    influx_org: str = "soundmon"
+    influx_bucket: str = "soundmon"  # raw levels; its retention is set on the bucket
+    influx_bucket_1m: str = "soundmon_1m"  # 1-minute energetic aggregates for long ranges
+    influx_raw_retention_days: float = Field(30.0, gt=0)  # older windows are read from _1m
+
+    # Recording (docs/recording.md): raw audio per device under <data>/recordings
+    recording_default: bool = True  # a device without its own switch is recorded
+    recording_max_age_h: float = Field(168.0, gt=0)  # segments older than this are deleted
+    recording_budget_mb: float = Field(2048.0, gt=0)  # disk budget of segments and clips
+    recording_segment_s: float = Field(300.0, ge=1, le=3600)  # audio per FLAC file (rotation)
+    recording_upkeep_s: float = Field(30.0, ge=1, le=3600)  # rotation and retention, how often
+    clip_preroll_s: float = Field(10.0, ge=0, le=300)  # alert clip: before the alert opened
+    clip_postroll_s: float = Field(10.0, ge=0, le=300)  # and after
+    upload_max_mb: float = Field(200.0, gt=0, le=4096)  # largest WAV/FLAC upload
 
     @field_validator("timezone")
     @classmethod

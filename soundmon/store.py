@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 from soundmon.bands import band_centres_hz, decode_bands
+from soundmon.history import alerts_between, downsample, iter_level_rows
 from soundmon.metrics import mask_to_flags
 from soundmon.profiles import profile_for
 from soundmon.stats import level_stats
@@ -100,6 +101,14 @@ class Alert:
     ended_ms: int | None
     worst: float
     extra: dict[str, Any] = field(default_factory=dict)
+    rule: str = "level"  # workers.rules: level, frequency or threshold
+    severity: str = "warning"
+    acked_by: str | None = None
+    acked_ms: int | None = None
+    last_out_ms: int | None = None  # end of the last level out of bounds
+    boot: int | None = None  # the frames that caused it: (device, boot, first_seq..last_seq)
+    first_seq: int | None = None
+    last_seq: int | None = None
 
 
 @dataclass(slots=True)
@@ -160,9 +169,30 @@ CREATE TABLE IF NOT EXISTS alerts (
     started_ms INTEGER NOT NULL, ended_ms INTEGER, worst REAL NOT NULL,
     extra TEXT NOT NULL DEFAULT '{}'
 );
--- exactly one unresolved alert per device and kind: the database enforces "no storm"
-CREATE UNIQUE INDEX IF NOT EXISTS one_open_alert ON alerts (device, kind) WHERE ended_ms IS NULL;
 CREATE INDEX IF NOT EXISTS alerts_by_time ON alerts (started_ms);
+CREATE TABLE IF NOT EXISTS rule_sets (
+    scope TEXT PRIMARY KEY,         -- '' for the defaults, else a device id (a partial override)
+    rules_json TEXT NOT NULL, updated_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS channels (
+    id INTEGER PRIMARY KEY, kind TEXT NOT NULL, config_json TEXT NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+-- what happened to an alert that channels are told about: the outbox of the notify queue
+CREATE TABLE IF NOT EXISTS alert_events (
+    id INTEGER PRIMARY KEY, alert_id INTEGER NOT NULL, event TEXT NOT NULL, n INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL, planned INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (alert_id, event, n)
+);
+CREATE INDEX IF NOT EXISTS alert_events_unplanned ON alert_events (created_ms) WHERE planned = 0;
+-- the delivery log: one row per (event, channel)
+CREATE TABLE IF NOT EXISTS deliveries (
+    id INTEGER PRIMARY KEY, event_id INTEGER NOT NULL, channel TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending', attempts INTEGER NOT NULL DEFAULT 0, error TEXT,
+    dispatched INTEGER NOT NULL DEFAULT 0, lease_until_ms INTEGER,
+    created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL,
+    UNIQUE (event_id, channel)
+);
 CREATE TABLE IF NOT EXISTS alert_state (
     device TEXT PRIMARY KEY,
     hwm_t_ms INTEGER NOT NULL,      -- newest level time analysed (redelivered batches skip)
@@ -182,7 +212,32 @@ MIGRATIONS: tuple[tuple[str, str, str], ...] = (
     ("levels", "bands", "BLOB"),
     ("calibrations", "reference_db", "REAL"),
     ("calibrations", "detail", "TEXT"),
+    # alert rules and notifications (issue 5)
+    ("alerts", "rule", "TEXT NOT NULL DEFAULT 'level'"),
+    ("alerts", "severity", "TEXT NOT NULL DEFAULT 'warning'"),
+    ("alerts", "acked_by", "TEXT"),
+    ("alerts", "acked_ms", "INTEGER"),
+    ("alerts", "last_out_ms", "INTEGER"),
+    ("alerts", "boot", "INTEGER"),
+    ("alerts", "first_seq", "INTEGER"),
+    ("alerts", "last_seq", "INTEGER"),
+    # dashboard device settings (issue 6): a display name, where it hangs, free notes
+    ("devices", "name", "TEXT"),
+    ("devices", "location", "TEXT"),
+    ("devices", "notes", "TEXT"),
 )
+#: Run after MIGRATIONS (they may need the columns added there).
+POST_MIGRATION = (
+    "DROP INDEX IF EXISTS one_open_alert",
+    # alerts from before the rules had names: frequency kinds belong to the frequency rule
+    "UPDATE alerts SET rule='frequency' WHERE kind LIKE 'freq%' AND rule='level'",
+    # exactly one unresolved alert per device, rule and kind: the database enforces "no storm"
+    "CREATE UNIQUE INDEX IF NOT EXISTS one_open_alert_per_rule ON alerts (device, rule, kind) "
+    "WHERE ended_ms IS NULL",
+)
+ALERT_COLUMNS = ("device", "kind", "state", "value", "threshold", "unit", "started_ms",
+                 "ended_ms", "worst", "extra", "rule", "severity", "last_out_ms", "boot",
+                 "first_seq", "last_seq")
 LEVEL_COLUMNS = ("device", "boot", "seq", "idx", "t_ms", "kind", "rate", "n", "dbfs", "lzeq",
                  "laeq", "dominant_hz", "clip_frac", "duty", "edges", "k_db", "flags", "lceq",
                  "lafmax", "lafmin", "lcpeak", "centroid_hz", "bands")
@@ -193,6 +248,8 @@ def _migrate(db: sqlite3.Connection) -> None:
         have = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
         if column not in have:
             db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+    for statement in POST_MIGRATION:
+        db.execute(statement)
 
 
 def _round(v: float | None, nd: int) -> float | None:
@@ -326,7 +383,34 @@ class SQLiteStore:
             "calibration_db": k if k is not None else profile.default_k_db,
             "calibrated": k is not None,
             "status": json.loads(row["status_json"]) if row["status_json"] else None,
+            "name": row["name"],
+            "location": row["location"],
+            "notes": row["notes"],
         }
+
+    def set_device_info(self, device: str, info: dict[str, str | None]) -> None:
+        """Set some of ``name``, ``location``, ``notes`` (None clears one) of a known device."""
+        cols = [c for c in ("name", "location", "notes") if c in info]
+        if cols:
+            with self._conn() as db:
+                db.execute(f"UPDATE devices SET {', '.join(c + '=?' for c in cols)} WHERE id=?",
+                           [*(info[c] for c in cols), device])
+
+    # ---- history and export (soundmon.history) -------------------------------------------
+    def history(self, device: str, start_ms: int, end_ms: int, points: int) -> dict[str, Any]:
+        """LAeq (energetic), LAFmax and LAFmin in at most ``points`` buckets over [start, end)."""
+        with self._conn() as db:
+            return downsample(db, device, start_ms, end_ms, points)
+
+    def iter_levels(self, device: str | None, start_ms: int, end_ms: int) -> Iterator[LevelRow]:
+        """Levels with start <= t < end (one device or all), oldest first, paged from the file."""
+        for row in iter_level_rows(self._conn, LEVEL_COLUMNS, device, start_ms, end_ms):
+            yield LevelRow(**dict(row))
+
+    def alerts_between(self, device: str | None, start_ms: int, end_ms: int) -> list[Alert]:
+        """Alerts overlapping [start, end), oldest first."""
+        with self._conn() as db:
+            return [self._alert(r) for r in alerts_between(db, device, start_ms, end_ms)]
 
     # ---- statistics ---------------------------------------------------------------------
     def stats(self, device: str, start_ms: int, end_ms: int, timezone: str = "UTC") -> dict[str, Any]:
@@ -384,8 +468,10 @@ class SQLiteStore:
 
     # ---- alerts -------------------------------------------------------------------------
     def alerts(
-        self, device: str | None = None, state: str | None = None, limit: int = 1000
+        self, device: str | None = None, state: str | None = None, limit: int = 1000,
+        since_ms: int | None = None,
     ) -> list[Alert]:
+        """Alerts, newest first; ``since_ms``: only those still open or ended at/after it."""
         sql, args = "SELECT * FROM alerts WHERE 1=1", []
         if device:
             sql += " AND device=?"
@@ -393,6 +479,9 @@ class SQLiteStore:
         if state:
             sql += " AND state=?"
             args.append(state)
+        if since_ms is not None:
+            sql += " AND (ended_ms IS NULL OR ended_ms >= ?)"
+            args.append(since_ms)
         sql += " ORDER BY id DESC LIMIT ?"
         args.append(limit)
         with self._conn() as db:
@@ -410,11 +499,16 @@ class SQLiteStore:
         """Analyse one device under the database write lock and commit the outcome atomically.
 
         ``analyse(hwm_t_ms, state, open_alerts)`` returns an object with ``hwm_t_ms``,
-        ``state``, ``opened`` (alerts), ``resolved`` ((id, ended_ms) pairs) and ``worst``
-        ((id, value) pairs). Holding the lock from read to write means two analyze processes
-        never interleave on one device. Alerts in ``opened`` get their ids set; an alert
-        the unique index refuses (already open) is dropped from ``opened``.
+        ``state``, ``opened`` (alerts), ``resolved`` ((id, ended_ms) pairs), ``worst``
+        ((id, value) pairs) and ``extended`` ((id, last_out_ms, last_seq)). Holding the lock
+        from read to write means two analyze processes never interleave on one device.
+        Alerts in ``opened`` get their ids set; an alert the unique index refuses (already
+        open) is dropped from ``opened``. The same transaction writes an ``opened`` /
+        ``resolved`` alert event for the notify queue (ids in ``outcome.events``), so a
+        notification is never lost to a crash after the commit.
         """
+        t_now = now_ms()
+        events: list[int] = []
         with self._conn() as db, _transaction(db):
             row = db.execute(
                 "SELECT hwm_t_ms, state_json FROM alert_state WHERE device=?", (device,)
@@ -426,22 +520,30 @@ class SQLiteStore:
             outcome = analyse(hwm, state, {r["kind"]: self._alert(r) for r in open_rows})
             for alert_id, value in outcome.worst:
                 db.execute("UPDATE alerts SET worst=? WHERE id=?", (value, alert_id))
+            for alert_id, last_out, last_seq in getattr(outcome, "extended", ()):
+                db.execute("UPDATE alerts SET last_out_ms=?, last_seq=? WHERE id=?",
+                           (last_out, last_seq, alert_id))
             for alert_id, ended in outcome.resolved:
-                db.execute(
+                cur = db.execute(
                     "UPDATE alerts SET state='resolved', ended_ms=? WHERE id=? AND ended_ms IS NULL",
                     (ended, alert_id),
                 )
+                if cur.rowcount:
+                    events.append(self._add_event(db, alert_id, "resolved", 0, t_now))
             made = []
             for a in outcome.opened:
                 cur = db.execute(
-                    "INSERT OR IGNORE INTO alerts (device, kind, state, value, threshold, unit, "
-                    "started_ms, ended_ms, worst, extra) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                    (a.device, a.kind, a.state, a.value, a.threshold, a.unit, a.started_ms,
-                     a.ended_ms, a.worst, json.dumps(a.extra)),
+                    f"INSERT OR IGNORE INTO alerts ({','.join(ALERT_COLUMNS)}) "
+                    f"VALUES ({','.join('?' * len(ALERT_COLUMNS))})",
+                    tuple(json.dumps(a.extra) if c == "extra" else getattr(a, c)
+                          for c in ALERT_COLUMNS),
                 )
                 if cur.rowcount:
                     a.id = cur.lastrowid or 0
                     made.append(a)
+                    events.append(self._add_event(db, a.id, "opened", 0, t_now))
+                    if a.ended_ms is not None:  # opened and resolved within this batch
+                        events.append(self._add_event(db, a.id, "resolved", 0, t_now))
             outcome.opened = made
             db.execute(
                 "INSERT INTO alert_state (device, hwm_t_ms, state_json) VALUES (?,?,?) "
@@ -449,6 +551,7 @@ class SQLiteStore:
                 "state_json=excluded.state_json",
                 (device, outcome.hwm_t_ms, json.dumps(outcome.state)),
             )
+        outcome.events = [e for e in events if e]
         return outcome
 
     def open_alerts(self, device: str) -> dict[str, Alert]:
@@ -463,6 +566,144 @@ class SQLiteStore:
             r = db.execute("SELECT * FROM alerts WHERE id=?", (alert_id,)).fetchone()
         return self._alert(r) if r else None
 
+    def acknowledge(self, alert_id: int, by: str) -> tuple[Alert | None, str]:
+        """Acknowledge an open alert: (alert, "ok"), or (alert or None, why not)."""
+        with self._conn() as db, _transaction(db):
+            r = db.execute("SELECT * FROM alerts WHERE id=?", (alert_id,)).fetchone()
+            if r is None:
+                return None, "unknown"
+            if r["state"] != "open":
+                return self._alert(r), r["state"]
+            db.execute("UPDATE alerts SET state='acknowledged', acked_by=?, acked_ms=? WHERE id=?",
+                       (by, now_ms(), alert_id))
+            r = db.execute("SELECT * FROM alerts WHERE id=?", (alert_id,)).fetchone()
+        return self._alert(r), "ok"
+
+    # ---- rules ------------------------------------------------------------------------------
+    def rule_set(self, scope: str) -> dict[str, Any] | None:
+        """The stored rule set of a scope ('' = the defaults, else a device's override)."""
+        with self._conn() as db:
+            r = db.execute("SELECT rules_json FROM rule_sets WHERE scope=?", (scope,)).fetchone()
+        return json.loads(r[0]) if r else None
+
+    def set_rule_set(self, scope: str, rules: dict[str, Any] | None) -> None:
+        """Store (or with None, remove) a scope's rule set."""
+        with self._conn() as db:
+            if rules is None:
+                db.execute("DELETE FROM rule_sets WHERE scope=?", (scope,))
+                return
+            db.execute(
+                "INSERT INTO rule_sets (scope, rules_json, updated_ms) VALUES (?,?,?) "
+                "ON CONFLICT(scope) DO UPDATE SET rules_json=excluded.rules_json, "
+                "updated_ms=excluded.updated_ms", (scope, json.dumps(rules), now_ms()))
+
+    # ---- notification channels, alert events and the delivery log --------------------------
+    def channels(self) -> list[dict[str, Any]]:
+        with self._conn() as db:
+            rows = db.execute("SELECT * FROM channels ORDER BY id").fetchall()
+        return [{"id": r["id"], "kind": r["kind"], "created_ms": r["created_ms"],
+                 **json.loads(r["config_json"])} for r in rows]
+
+    def channel(self, channel_id: int) -> dict[str, Any] | None:
+        return next((c for c in self.channels() if c["id"] == channel_id), None)
+
+    def add_channel(self, kind: str, config: dict[str, Any]) -> int:
+        with self._conn() as db:
+            cur = db.execute("INSERT INTO channels (kind, config_json, created_ms) VALUES (?,?,?)",
+                             (kind, json.dumps(config), now_ms()))
+            return cur.lastrowid or 0
+
+    def delete_channel(self, channel_id: int) -> bool:
+        with self._conn() as db:
+            return db.execute("DELETE FROM channels WHERE id=?", (channel_id,)).rowcount > 0
+
+    @staticmethod
+    def _add_event(db: sqlite3.Connection, alert_id: int, event: str, n: int, t: int) -> int:
+        cur = db.execute("INSERT OR IGNORE INTO alert_events (alert_id, event, n, created_ms) "
+                         "VALUES (?,?,?,?)", (alert_id, event, n, t))
+        return (cur.lastrowid or 0) if cur.rowcount else 0
+
+    def add_alert_event(self, alert_id: int, event: str, n: int = 0) -> int:
+        """Record an event (e.g. reminder n) once; 0 if it was recorded already."""
+        with self._conn() as db, _transaction(db):
+            return self._add_event(db, alert_id, event, n, now_ms())
+
+    def alert_event(self, event_id: int) -> dict[str, Any] | None:
+        with self._conn() as db:
+            r = db.execute("SELECT * FROM alert_events WHERE id=?", (event_id,)).fetchone()
+        return dict(r) if r else None
+
+    def unplanned_events(self, before_ms: int, limit: int = 100) -> list[int]:
+        """Events the notify queue has not taken up, written before ``before_ms``."""
+        with self._conn() as db:
+            rows = db.execute("SELECT id FROM alert_events WHERE planned=0 AND created_ms < ? "
+                              "ORDER BY id LIMIT ?", (before_ms, limit)).fetchall()
+        return [r[0] for r in rows]
+
+    def plan_deliveries(self, event_id: int, channels: Sequence[str]) -> list[dict[str, Any]]:
+        """Create the event's delivery rows (once) and return those not finished yet."""
+        t = now_ms()
+        with self._conn() as db, _transaction(db):
+            for ch in channels:
+                db.execute("INSERT OR IGNORE INTO deliveries (event_id, channel, created_ms, "
+                           "updated_ms) VALUES (?,?,?,?)", (event_id, ch, t, t))
+            rows = db.execute("SELECT * FROM deliveries WHERE event_id=? AND state='pending' "
+                              "ORDER BY id", (event_id,)).fetchall()
+        return [dict(r) for r in rows]
+
+    def event_planned(self, alert_id: int, event: str) -> bool:
+        """Whether the alert's event was routed already (True if there is no such event)."""
+        with self._conn() as db:
+            r = db.execute("SELECT min(planned) FROM alert_events WHERE alert_id=? AND event=?",
+                           (alert_id, event)).fetchone()
+        return r[0] is None or bool(r[0])
+
+    def mark_event_planned(self, event_id: int) -> None:
+        with self._conn() as db:
+            db.execute("UPDATE alert_events SET planned=1 WHERE id=?", (event_id,))
+
+    def mark_dispatched(self, delivery_id: int) -> None:
+        with self._conn() as db:
+            db.execute("UPDATE deliveries SET dispatched=1 WHERE id=?", (delivery_id,))
+
+    def delivery(self, delivery_id: int) -> dict[str, Any] | None:
+        with self._conn() as db:
+            r = db.execute("SELECT * FROM deliveries WHERE id=?", (delivery_id,)).fetchone()
+        return dict(r) if r else None
+
+    def claim_delivery(self, delivery_id: int, lease_ms: int) -> tuple[str, int]:
+        """Take a pending delivery for one attempt: ("ok", 0), ("busy", ms left) or (state, 0).
+
+        The lease keeps two copies of one task (a redelivered message) from sending at once;
+        a worker killed mid-attempt leaves a lease that simply runs out.
+        """
+        t = now_ms()
+        with self._conn() as db, _transaction(db):
+            r = db.execute("SELECT state, lease_until_ms FROM deliveries WHERE id=?",
+                           (delivery_id,)).fetchone()
+            if r is None:
+                return "unknown", 0
+            if r["state"] != "pending":
+                return r["state"], 0
+            if r["lease_until_ms"] is not None and r["lease_until_ms"] > t:
+                return "busy", r["lease_until_ms"] - t
+            db.execute("UPDATE deliveries SET lease_until_ms=?, attempts=attempts+1, updated_ms=? "
+                       "WHERE id=?", (t + lease_ms, t, delivery_id))
+        return "ok", 0
+
+    def finish_delivery(self, delivery_id: int, state: str, error: str | None = None) -> None:
+        """After an attempt: ``sent``, ``failed``, or ``pending`` again (to be retried)."""
+        with self._conn() as db:
+            db.execute("UPDATE deliveries SET state=?, error=?, lease_until_ms=NULL, updated_ms=? "
+                       "WHERE id=?", (state, error, now_ms(), delivery_id))
+
+    def deliveries(self, alert_id: int) -> list[dict[str, Any]]:
+        """The delivery log of one alert, oldest first."""
+        with self._conn() as db:
+            rows = db.execute(
+                "SELECT d.*, e.event, e.n FROM deliveries d JOIN alert_events e ON e.id=d.event_id "
+                "WHERE e.alert_id=? ORDER BY d.id", (alert_id,)).fetchall()
+        return [dict(r) for r in rows]
 
 class _Tx:
     """Context manager returning the connection; autocommit mode, explicit BEGIN where needed."""
@@ -501,3 +742,13 @@ def _int_or_none(v: Any) -> int | None:
         return None if v is None else int(v)
     except (TypeError, ValueError):
         return None
+
+
+def open_store(settings: Any) -> SQLiteStore:
+    """The store ``settings.store`` chooses: the SQLite file, or InfluxDB for the levels with the
+    same SQLite file for everything else (soundmon.influxstore, docs/influxdb.md)."""
+    if getattr(settings, "store", "sqlite") == "influxdb":
+        from soundmon.influxstore import InfluxStore
+
+        return InfluxStore.from_settings(settings)
+    return SQLiteStore(settings.db_path)

@@ -32,6 +32,7 @@ from soundmon.services import (
     wait_port,
 )
 from soundmon.settings import default_data_dir
+from soundmon.users import ensure_admin
 
 
 def _pick_port(name: str, requested: int | None, default: int) -> int:
@@ -115,6 +116,8 @@ def up_command(n_devices: int, scene: str | None, data_dir: Path | None, http_po
     http = _pick_port("the API", http_port, 8000)
     fport = None if no_flower else _pick_port("Flower", flower_port, 5555)
     token = api_token(data)
+    # a fresh data directory gets an "admin" account, so the page can be signed in to at once
+    admin, admin_password = ensure_admin(data, data / "soundmon.db")
     host = "127.0.0.1"
     env = dict(os.environ)
     env.update({
@@ -126,6 +129,8 @@ def up_command(n_devices: int, scene: str | None, data_dir: Path | None, http_po
         "SOUNDMON_HTTP_HOST": bind, "SOUNDMON_HTTP_PORT": str(http),
         "PYTHONUNBUFFERED": "1",
     })
+    if fport:
+        env["SOUNDMON_FLOWER_URL"] = f"http://{host}:{fport}"
     prefix = os.environ.get("SOUNDMON_MQTT_PREFIX", "soundmon")
     mqtt_conf = prepare_mosquitto(data, mqtt, bind, auth=not open_broker, prefix=prefix)
     # each process gets the broker account of its job (soundmon.provision), nothing more
@@ -147,6 +152,12 @@ def up_command(n_devices: int, scene: str | None, data_dir: Path | None, http_po
                 logs / "worker-preprocess.log"),
         Process("worker-analyze", soundmon_argv("worker", "analyze"), env_as("svc.workers"),
                 logs / "worker-analyze.log"),
+        # alert notifications: publishes on soundmon/v1/+/alert, so the workers' MQTT account
+        Process("worker-notify", soundmon_argv("worker", "notify"), env_as("svc.workers"),
+                logs / "worker-notify.log"),
+        # recording upkeep, alert clips, uploads and replays (docs/recording.md)
+        Process("worker-recording", soundmon_argv("worker", "recording"), env,
+                logs / "worker-recording.log"),
         Process("gateway", soundmon_argv("gateway"), env_as("svc.gateway"), logs / "gateway.log"),
         Process("dashboard", soundmon_argv("dashboard"), env, logs / "dashboard.log"),
     ]
@@ -182,7 +193,13 @@ def up_command(n_devices: int, scene: str | None, data_dir: Path | None, http_po
             (run_dir / f"{p.name}.pid").write_text(f"{p.pid}\n")
         health = _wait_healthy(f"http://{host}:{http}/api/health", started, 90.0)
         click.echo("")
-        click.echo(f"  Dashboard:  http://{host}:{http}/?token={token}")
+        click.echo(f"  Dashboard:  http://{host}:{http}/")
+        if admin_password:
+            click.echo(f"  Sign in:    user {admin}, password {admin_password}   "
+                       f"(saved in {data / 'admin-password'}; more users: soundmon user add NAME)")
+        else:
+            click.echo(f"  Sign in:    with your dashboard user (new ones: soundmon user add NAME "
+                       f"--data {data})")
         click.echo(f"  API token:  {token}   (Authorization: Bearer <token>)")
         click.echo(f"  MQTT:       mqtt://{host}:{mqtt}  topics soundmon/v1/<device>/frame|status")
         click.echo("  Accounts:   open demo broker (anyone may publish)" if open_broker else

@@ -20,6 +20,7 @@ from soundmon.services import (
     soundmon_argv,
     wait_port,
 )
+from tests.rabbitmq import RabbitMQ, rabbitmq_installed
 
 
 def wait_until(predicate, timeout: float = 30.0, interval: float = 0.1, what: str = "condition"):
@@ -94,15 +95,29 @@ class Stack:
                                          logs / "worker-preprocess.log"),
             "worker-analyze": Process("worker-analyze", soundmon_argv("worker", "analyze"),
                                       self.env, logs / "worker-analyze.log"),
+            "worker-notify": Process("worker-notify", soundmon_argv("worker", "notify"),
+                                     self.env, logs / "worker-notify.log"),
             "gateway": Process("gateway", soundmon_argv("gateway"), self.env,
                                logs / "gateway.log"),
         }
 
     def start(self, *names: str) -> None:
-        for name in names or self.procs:
+        started = names or tuple(self.procs)
+        offsets = {n: self.procs[n].log_path.stat().st_size if self.procs[n].log_path.exists() else 0
+                   for n in started}
+        for name in started:
             self.procs[name].start()
         if not names or "gateway" in names:
             self.wait_gateway()
+        self.wait_workers(offsets)
+
+    def wait_workers(self, offsets: dict[str, int], timeout: float = 120.0) -> None:
+        """Wait until each worker just started logged Celery's "ready" (slow on a busy machine)."""
+        for name, offset in offsets.items():
+            path = self.procs[name].log_path
+            if name.startswith("worker-"):
+                wait_until(lambda p=path, o=offset: p.exists() and b" ready." in p.read_bytes()[o:],
+                           timeout, interval=0.2, what=f"{name} to be ready")
 
     def wait_gateway(self, timeout: float = 30.0) -> None:
         """Wait until the gateway reports itself connected and subscribed (its heartbeat)."""
@@ -129,11 +144,40 @@ class Stack:
                          for p in self.procs.values() if p.log_path.exists())
 
 
+@pytest.fixture(scope="session")
+def rabbitmq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMQ]:
+    """One real RabbitMQ node for the whole session (a boot takes ~8 s); see tests/rabbitmq.py."""
+    if not rabbitmq_installed():
+        pytest.fail("rabbitmq-server is not installed: run `make install`")
+    node = RabbitMQ(tmp_path_factory.mktemp("rabbitmq"))
+    try:
+        yield node.start()
+    finally:
+        node.stop()
+
+
+@pytest.fixture
+def celery_broker(request: pytest.FixtureRequest, redis_port: int) -> str:
+    """The stack's Celery broker URL: Redis, or RabbitMQ when parametrized (indirect) so."""
+    kind = getattr(request, "param", "redis")
+    if kind == "rabbitmq":
+        node: RabbitMQ = request.getfixturevalue("rabbitmq")
+        node.reset()
+        return node.url
+    assert kind == "redis", kind
+    return f"redis://127.0.0.1:{redis_port}/0"
+
+
+#: parametrize a module's tests over both Celery brokers: ``pytestmark = [..., BOTH_BROKERS]``
+BOTH_BROKERS = pytest.mark.parametrize("celery_broker", ["redis", "rabbitmq"], indirect=True)
+
+
 @pytest.fixture
 def stack(request: pytest.FixtureRequest, tmp_path: Path, mosquitto: int,
-          redis_port: int) -> Iterator[Stack]:
-    """The pipeline (gateway, preprocess and analyze workers) on real mosquitto and redis."""
-    s = Stack(tmp_path, mosquitto, redis_port, SOUNDMON_VISIBILITY_TIMEOUT_S="8")
+          redis_port: int, celery_broker: str) -> Iterator[Stack]:
+    """The pipeline (gateway and workers) on real mosquitto, redis and the ``celery_broker``."""
+    s = Stack(tmp_path, mosquitto, redis_port, SOUNDMON_VISIBILITY_TIMEOUT_S="8",
+              SOUNDMON_BROKER_URL=celery_broker)
     s.start()
     try:
         yield s

@@ -11,23 +11,40 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from collections import defaultdict
 from typing import Any
 
 import click
+from celery import signals
 
 from soundmon import events, tasknames
 from soundmon.celeryconf import make_celery
 from soundmon.settings import get_settings
-from soundmon.store import Alert, LevelRow, now_ms
-from workers import outputs, streamstate
-from workers.analysis import Bounds, analyse
+from soundmon.store import LevelRow, now_ms
+from workers import kernels, outputs, rules, streamstate
+from workers.analysis import analyse
 from workers.preprocess import decode_batch, process_batch, state_keys_needed
 
 log = logging.getLogger("soundmon.workers")
 
 settings = get_settings()
 app = make_celery(settings, "workers")
+
+
+
+@signals.worker_init.connect
+def _warm_up_dsp(sender: Any = None, **_: Any) -> None:
+    """Compile the DSP kernels (or load them from numba's cache) before the pool forks, so a
+    preprocess worker's first batch does not wait for the compiler (docs/measurement.md)."""
+    queues = getattr(getattr(getattr(sender, "app", None), "amqp", None), "queues", None)
+    consuming = getattr(queues, "consume_from", None) or {}
+    if consuming and tasknames.PREPROCESS_QUEUE not in consuming:
+        return
+    t0 = time.perf_counter()
+    kernels.warm_up()
+    log.info("DSP kernels ready in %.1f s", time.perf_counter() - t0)
+
 
 #: retry infrastructure failures (database locked, broker hiccup) with capped backoff
 RETRY = dict(autoretry_for=(Exception,), retry_backoff=True, retry_backoff_max=30,
@@ -37,7 +54,8 @@ RETRY = dict(autoretry_for=(Exception,), retry_backoff=True, retry_backoff_max=3
 def _analysis_input(row: LevelRow) -> dict[str, Any]:
     return {"device": row.device, "boot": row.boot, "seq": row.seq, "idx": row.idx, "t_ms": row.t_ms,
             "kind": row.kind, "rate": row.rate, "n": row.n, "laeq": row.laeq,
-            "dominant_hz": row.dominant_hz, "flags": row.flags}
+            "dominant_hz": row.dominant_hz, "flags": row.flags, "lafmax": row.lafmax,
+            "duty": row.duty}
 
 
 def _live(row: LevelRow) -> dict[str, Any]:
@@ -53,6 +71,7 @@ def preprocess(batch: list[list[Any]]) -> int:
     decoded = decode_batch(batch)
     if not decoded:
         return 0
+    recordtasks.record(decoded)  # raw audio of recorded devices, before anything is announced
     cal = store.calibrations({d for d, _, _ in decoded})
     states = streamstate.load(outputs.redis_client(), state_keys_needed(decoded))
     rows, new_states = process_batch(decoded, cal, states)
@@ -69,45 +88,36 @@ def preprocess(batch: list[list[Any]]) -> int:
     return new
 
 
-def alert_event(alert: Alert) -> dict[str, Any]:
-    """An alert as protocol.md's MQTT alert payload (also the live-stream event)."""
-    return {
-        "id": str(alert.id), "device": alert.device, "kind": alert.kind, "state": alert.state,
-        "value": alert.value, "threshold": alert.threshold, "unit": alert.unit,
-        "worst": alert.worst, "started": outputs.iso(alert.started_ms),
-        "ended": outputs.iso(alert.ended_ms) if alert.ended_ms else None,
-    }
-
-
 @app.task(name=tasknames.ANALYZE, **RETRY)
 def analyze(levels: list[dict[str, Any]]) -> int:
-    """Check bounds per device, open and resolve alerts, and announce changes."""
+    """Evaluate each device's rules, open and resolve alerts, and hand the changes to notify.
+
+    The alert events are written with the alerts (``run_analysis``); the ``notify`` queue
+    (``workers.notify``) announces them on the live stream, MQTT and the user's channels.
+    """
     s = get_settings()
-    bounds = Bounds(s.level_min_db, s.level_max_db, s.freq_min_hz, s.freq_max_hz,
-                    s.alert_open_s, s.alert_resolve_s, s.alert_hysteresis_db)
     by_device: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for lv in levels:
         by_device[lv["device"]].append(lv)
     changed = 0
     store = outputs.store()
     for device, items in by_device.items():
+        device_rules = rules.load(store, device, s)
         outcome = store.run_analysis(
             device,
-            lambda hwm, st, open_, d=device, i=items: analyse(d, i, hwm, st, open_, bounds,
-                                                              now_ms()),
+            lambda hwm, st, open_, d=device, i=items, r=device_rules: analyse(
+                d, i, hwm, st, open_, r, now_ms()),
         )
-        announcements = []
         for alert in outcome.opened:
-            if alert.state == "resolved":  # opened and resolved within one batch: say both
-                announcements.append({**alert_event(alert), "state": "open", "ended": None})
-            announcements.append(alert_event(alert))
-        announcements += [alert_event(a) for a in outcome.resolved_alerts]
-        for payload in announcements:
-            log.info("alert %s %s %s value=%s", payload["device"], payload["kind"],
-                     payload["state"], payload["value"])
-            outputs.publish_alert(device, payload)
-            events.publish(outputs.redis_client(), "alert", payload)
-            changed += 1
+            # hook for the recording queue: cut the alert's audio clip after the post-roll
+            app.send_task(tasknames.CLIP, args=[alert.id], countdown=s.clip_postroll_s + 2)
+        for alert in [*outcome.opened, *outcome.resolved_alerts]:
+            log.info("alert %d %s %s %s value=%s", alert.id, alert.device, alert.kind,
+                     alert.state, alert.value)
+        if outcome.events:
+            app.send_task(tasknames.NOTIFY, args=[outcome.events])
+            changed += len(outcome.events)
+    notify.resend_stale_events()
     return changed
 
 
@@ -126,19 +136,20 @@ def _celery_argv(*args: str) -> list[str]:
 
 
 @click.command("worker")
-@click.argument("queue", type=click.Choice([tasknames.PREPROCESS_QUEUE, tasknames.ANALYZE_QUEUE]))
+@click.argument("queue", type=click.Choice([tasknames.PREPROCESS_QUEUE, tasknames.ANALYZE_QUEUE,
+                                           tasknames.RECORDING_QUEUE, tasknames.NOTIFY_QUEUE]))
 @click.option("--concurrency", "-c", type=int, default=None,
-              help="Worker processes (default: 2 for preprocess, 1 for analyze).")
+              help="Worker processes (default: 1 for analyze, else 2).")
 @click.option("--name", default=None, help="Node name (default QUEUE@%h).")
 @click.option("--loglevel", default="INFO", show_default=True)
 @click.option("--data", "data_dir", type=click.Path(file_okay=False), default=None,
               help="Data directory (default: $SOUNDMON_DATA).")
 def worker_command(queue: str, concurrency: int | None, name: str | None, loglevel: str,
                    data_dir: str | None) -> None:
-    """Run a Celery worker for the preprocess or the analyze queue."""
+    """Run a Celery worker for the preprocess, analyze, recording or notify queue."""
     if data_dir:
         os.environ["SOUNDMON_DATA"] = data_dir
-    conc = concurrency or (2 if queue == tasknames.PREPROCESS_QUEUE else 1)
+    conc = concurrency or (1 if queue == tasknames.ANALYZE_QUEUE else 2)
     argv = _celery_argv("worker", "-Q", queue, "-n", name or f"{queue}@%h", "-c", str(conc),
                         "--loglevel", loglevel, "-E", "--without-gossip", "--without-mingle")
     os.execv(sys.executable, argv)
@@ -150,3 +161,7 @@ def worker_command(queue: str, concurrency: int | None, name: str | None, loglev
 def flower_command(port: int, address: str) -> None:
     """Run Flower, the Celery monitor that shows each worker's load."""
     os.execv(sys.executable, _celery_argv("flower", f"--port={port}", f"--address={address}"))
+
+
+from workers import notify  # noqa: E402, I001  (registers the notify queue's tasks)
+from workers import recordtasks  # noqa: E402  (registers the recording queue's tasks)

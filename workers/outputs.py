@@ -18,7 +18,7 @@ import redis
 
 from soundmon.protocol import topic
 from soundmon.settings import get_settings
-from soundmon.store import SQLiteStore
+from soundmon.store import SQLiteStore, open_store
 
 log = logging.getLogger("soundmon.workers")
 
@@ -37,7 +37,7 @@ def _per_process(key: str, make: Any) -> Any:
 
 
 def store() -> SQLiteStore:
-    return _per_process("store", lambda: SQLiteStore(get_settings().db_path))
+    return _per_process("store", lambda: open_store(get_settings()))
 
 
 def redis_client() -> redis.Redis:

@@ -12,10 +12,11 @@ import redis
 
 from soundmon.events import GATEWAY_STATS_KEY
 from soundmon.store import SQLiteStore
-from tests.conftest import Stack, wait_until
+from tests.conftest import BOTH_BROKERS, Stack, wait_until
 from tests.helpers import Publisher, dbfs_by_hand, hand_frame, sine
 
-pytestmark = pytest.mark.integration
+# every test runs on Redis and on RabbitMQ as the Celery broker
+pytestmark = [pytest.mark.integration, BOTH_BROKERS]
 
 RATE = 8000
 N = 4000  # 500 ms frames
