@@ -184,9 +184,10 @@ class System:
 
     def quiesce(self, timeout: float = 180.0) -> None:
         """Wait until every Celery queue is empty, so a phase does not inherit the last one's
-        backlog (e.g. analyze tasks still running after a full-speed phase)."""
+        backlog (e.g. analyze tasks still running after a full-speed phase).
+        Only queues with a worker in this system: the others never drain."""
         r = redis.Redis(port=self.redis_port)
-        queues = ["preprocess", "analyze", "naive", *EXTRA_QUEUES]
+        queues = ["preprocess", "analyze", "naive", *self.extra_queues]
         deadline = time.monotonic() + timeout
         try:
             while time.monotonic() < deadline:
