@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import sqlite3
 import threading
@@ -428,7 +429,8 @@ class Recording:
         span = self.read(device, start_ms, end_ms)
         path = self.dir / "clips" / f"alert-{alert_id}.flac"
         path.parent.mkdir(exist_ok=True)
-        tmp = path.with_suffix(".tmp")
+        # unique per writer: a redelivered clip task may cut the same clip at the same moment
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}.{threading.get_ident()}.tmp")
         soundfile.write(tmp, span.samples, span.rate, format="FLAC", subtype=SUBTYPE)
         tmp.replace(path)
         gaps = [list(g) for g in span.gaps]
