@@ -184,8 +184,6 @@ def test_statistics_equal_sqlites_on_the_same_rows(store: SQLiteStore, tmp_path:
 
 def test_history_buckets_equal_sqlites(store: SQLiteStore, tmp_path: Path) -> None:
     """The dashboard's chart data (energetic buckets, Fast extremes) is the same on both."""
-    if not hasattr(SQLiteStore, "history"):
-        pytest.skip("SQLiteStore.history is not in this tree")
     tz = ZoneInfo("UTC")
     rows = _day_of_rows(tz, T0)[:1500]
     reference = SQLiteStore(tmp_path / "reference.db")
