@@ -44,6 +44,7 @@ class Pending:
 class Batch:
     frames: list[Pending]
     statuses: list[Pending]
+    accepted: bool = False  # the frames are in the handoff ledger (soundmon.handoff)
 
     def __len__(self) -> int:
         return len(self.frames) + len(self.statuses)

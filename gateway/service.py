@@ -3,14 +3,18 @@
 * MQTT v5, ``clean_start=False`` and a long session expiry under a fixed client id, so the
   broker keeps queueing frames for us while we are down and redelivers what we had not
   acknowledged.
-* ``manual_ack``: a frame is acknowledged only after its batch was accepted by the Celery
-  broker (see ``gateway.intake``). Receive-maximum bounds how many unacknowledged frames the
-  broker sends us, and so the largest batch.
+* ``manual_ack``: a frame is acknowledged only after its batch was accepted, that is kept in
+  the handoff ledger (below; see ``gateway.intake``). Receive-maximum bounds how many
+  unacknowledged frames the broker sends us, and so the largest batch.
 * Subscriptions are (re)made in ``on_connect``; ``--share-group`` joins ``$share/<group>/``
   so several gateways split the devices' frames.
 * Batches wait up to ``SOUNDMON_BATCH_MAX_WAIT_MS`` to fill while the workers keep up; while
   batches queue in the broker (Redis), the window grows up to 250 ms
   (``gateway.intake.batch_wait_s``), so a backlog is worked off in full batches.
+* Each batch is written to the handoff ledger in Redis (``soundmon.handoff``) before its
+  task is sent, and that write is what lets its frames be acknowledged: a task lost on the
+  way (a worker killed between kombu's BRPOP and its unacked bookkeeping, a broker crash) is
+  sent again by the sweep this process runs every 2 s, one gateway at a time.
 * Counters go to Redis every 2 s (``/api/gateway``) with a heartbeat key that expires when
   the gateway dies (``/api/health``).
 """
@@ -37,6 +41,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from gateway.intake import ACK_NOW, Batch, Intake, batch_wait_s
 from soundmon import events, tasknames
 from soundmon.celeryconf import make_celery
+from soundmon.handoff import Handoff
 from soundmon.settings import Settings, get_settings
 
 log = logging.getLogger("soundmon.gateway")
@@ -72,6 +77,7 @@ class Gateway:
         self.client.on_subscribe = self._on_subscribe
         self.client.reconnect_delay_set(min_delay=1, max_delay=30)
         self._redis = redis.Redis.from_url(settings.redis_url, socket_timeout=2)
+        self.handoff = Handoff(self._redis, settings.visibility_timeout_s)
         self._reported: dict[str, int] = {}
         # the Celery broker, when it is Redis: how many batches wait for a worker (LLEN)
         self._broker: redis.Redis | None = None
@@ -118,22 +124,50 @@ class Gateway:
 
     # ---- flusher thread ----------------------------------------------------------------
     def send(self, batch: Batch) -> None:
-        """Hand a batch to the Celery broker; raises if the broker did not take it."""
-        if batch.frames:
-            self.celery.send_task(tasknames.PREPROCESS, args=[[p.body for p in batch.frames]],
-                                  confirm_timeout=CONFIRM_TIMEOUT_S)
-        for p in batch.statuses:
+        """Hand a batch over; raises if it was not accepted (its frames stay unacknowledged).
+
+        Accepted means written to the handoff ledger. A task that cannot be sent after that is
+        left to the sweep, and the error is raised all the same so the flusher backs off.
+        """
+        for p in batch.statuses:  # first: once the frames are in the ledger, all is accepted
             self.celery.send_task(tasknames.DEVICE_STATUS, args=p.body,
                                   confirm_timeout=CONFIRM_TIMEOUT_S)
+        if batch.frames:
+            batch_id = self.handoff.put([p.body for p in batch.frames])
+            batch.accepted = True
+            try:
+                self.send_preprocess(batch_id)
+            except Exception:
+                self.handoff.due_now(batch_id)
+                raise
+
+    def send_preprocess(self, batch_id: str) -> None:
+        self.celery.send_task(tasknames.PREPROCESS, args=[batch_id],
+                              confirm_timeout=CONFIRM_TIMEOUT_S)
 
     def queued_tasks(self) -> int:
-        """Batches in the preprocess queue that no worker has taken yet (0 if unknown)."""
+        """Batches in the preprocess queue that no worker has taken yet (0 if unknown).
+
+        Cheap on Redis (LLEN; asked before every batch). On RabbitMQ it is not asked here."""
         if self._broker is None:
             return 0
         try:
             return int(self._broker.llen(tasknames.PREPROCESS_QUEUE))
         except redis.RedisError:
             return 0  # the send below finds out whether the broker is there
+
+    def sweep_backlog(self) -> int:
+        """Tasks ready in the preprocess queue, on either broker (0 if unknown); the sweep asks
+        this only when some batch is overdue, so a RabbitMQ round trip here is rare."""
+        if self._broker is not None:
+            return self.queued_tasks()
+        try:
+            with self.celery.connection_for_read() as conn:
+                ok = conn.default_channel.queue_declare(tasknames.PREPROCESS_QUEUE, passive=True)
+                return int(ok.message_count)
+        except Exception as exc:  # noqa: BLE001 - unknown backlog: sweep, duplicates are harmless
+            log.debug("could not read the preprocess queue depth: %s", exc)
+            return 0
 
     def flush_loop(self) -> None:
         backoff = 0.2
@@ -145,20 +179,32 @@ class Gateway:
             try:
                 self.send(batch)
             except (OperationalError, OSError, redis.RedisError) as exc:
-                self.intake.requeue(batch, time.monotonic())
-                log.error("Celery broker did not accept a batch of %d (%s); frames stay "
-                          "unacknowledged, retrying in %.1f s", len(batch), exc, backoff)
+                if batch.accepted:  # in the ledger: acknowledge, the sweep sends its task
+                    self._ack(self.intake.committed(batch))
+                else:
+                    self.intake.requeue(batch, time.monotonic())
+                log.error("Celery broker did not accept a batch of %d (%s); %s, retrying in "
+                          "%.1f s", len(batch), exc,
+                          "it is kept in the handoff ledger" if batch.accepted
+                          else "its frames stay unacknowledged", backoff)
                 self.stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
             backoff = 0.2
-            for mid in self.intake.committed(batch):
-                self.client.ack(mid, 1)
+            self._ack(self.intake.committed(batch))
+
+    def _ack(self, mids: list[int]) -> None:
+        for mid in mids:
+            self.client.ack(mid, 1)
 
     def report_loop(self) -> None:
         key = events.GATEWAY_HEARTBEAT_PREFIX + self.s.gateway_id
         while not self.stop.wait(HEARTBEAT_S):
             self.report(key)
+            try:
+                self.handoff.sweep(self.send_preprocess, backlog=self.sweep_backlog)
+            except (OperationalError, OSError, redis.RedisError) as exc:
+                log.warning("handoff sweep failed (%s); trying again in %.0f s", exc, HEARTBEAT_S)
 
     def report(self, key: str) -> None:
         snap = self.intake.snapshot()

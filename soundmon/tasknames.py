@@ -11,7 +11,8 @@ RECORDING_QUEUE = "recording"
 #: alert notifications: live stream, MQTT, webhooks, e-mail, apprise (docs/notifications.md)
 NOTIFY_QUEUE = "notify"
 
-PREPROCESS = "soundmon.preprocess"  # args: [frames]; frames: list of [device, recv_ms, payload]
+PREPROCESS = "soundmon.preprocess"  # args: [batch id in soundmon.handoff, or the frames:
+#                                      a list of [device, recv_ms, payload]]
 ANALYZE = "soundmon.analyze"  # args: [levels]; levels: list of level dicts
 DEVICE_STATUS = "soundmon.device_status"  # args: [device, status dict, recv_ms]
 RECORDING_UPKEEP = "soundmon.recording_upkeep"  # no args: rotate into FLAC, enforce retention

@@ -65,8 +65,26 @@ def _live(row: LevelRow) -> dict[str, Any]:
 
 
 @app.task(name=tasknames.PREPROCESS, **RETRY)
-def preprocess(batch: list[list[Any]]) -> int:
-    """Levels for a batch of ``[device, recv_ms, frame bytes]``: store, publish, hand to analyze."""
+def preprocess(batch: str | list[list[Any]]) -> int:
+    """Levels for a batch: store, publish, hand to analyze.
+
+    ``batch`` is the id of a batch in the handoff ledger (what the gateway sends; the batch is
+    forgotten there once its levels are stored), or the ``[device, recv_ms, frame bytes]``
+    entries themselves (a producer without the ledger).
+    """
+    batch_id = batch if isinstance(batch, str) else None
+    if batch_id is not None:
+        found = outputs.handoff().take(batch_id)
+        if found is None:  # stored already (a redelivered or re-sent task), or given up
+            return 0
+        batch = found
+    new = _preprocess_entries(batch)
+    if batch_id is not None:
+        outputs.handoff().done(batch_id)
+    return new
+
+
+def _preprocess_entries(batch: list[list[Any]]) -> int:
     store = outputs.store()
     decoded = decode_batch(batch)
     if not decoded:

@@ -16,6 +16,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import redis
 
+from soundmon.handoff import Handoff
 from soundmon.protocol import topic
 from soundmon.settings import get_settings
 from soundmon.store import SQLiteStore, open_store
@@ -42,6 +43,12 @@ def store() -> SQLiteStore:
 
 def redis_client() -> redis.Redis:
     return _per_process("redis", lambda: redis.Redis.from_url(get_settings().redis_url))
+
+
+def handoff() -> Handoff:
+    """The ledger of batches the gateways accepted (``soundmon.handoff``)."""
+    client = redis_client()  # outside _per_process's lock (it is not reentrant)
+    return _per_process("handoff", lambda: Handoff(client, get_settings().visibility_timeout_s))
 
 
 def _mqtt() -> mqtt.Client:
