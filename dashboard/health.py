@@ -1,4 +1,4 @@
-"""Dependency checks behind ``GET /api/health``: store, redis, mqtt, gateway, workers.
+"""Dependency checks behind ``GET /api/health``: store, redis, mqtt, gateway, workers, handoff.
 
 Each check is a coroutine that returns None when the dependency is fine and raises
 ``CheckFailed`` with a short reason otherwise; ``Health.run`` runs them concurrently, each
@@ -19,7 +19,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from soundmon import events
+from soundmon import events, handoff
 from soundmon.settings import Settings
 from soundmon.store import SQLiteStore
 
@@ -110,7 +110,7 @@ def workers_reason(names: list[str]) -> str | None:
 
 
 class Health:
-    """The five checks over one app's store, Redis client and settings."""
+    """The six checks over one app's store, Redis client and settings."""
 
     def __init__(self, settings: Settings, store: SQLiteStore, redis_client: Any) -> None:
         self.settings = settings
@@ -125,6 +125,7 @@ class Health:
             "mqtt": self.check_mqtt,
             "gateway": self.check_gateway,
             "workers": self.check_workers,
+            "handoff": self.check_handoff,
         }
         results = await asyncio.gather(*(c() for c in checks.values()), return_exceptions=True)
         ok: list[str] = []
@@ -191,3 +192,18 @@ class Health:
         reason = workers_reason(await self.workers.names())
         if reason:
             raise CheckFailed(reason)
+
+    async def check_handoff(self) -> None:
+        """Fails once a batch was set aside after failing in the workers ``MAX_TRIES`` times."""
+        if self.redis is None:
+            raise CheckFailed("no redis client configured")
+        try:
+            given_up = await asyncio.wait_for(self.redis.hlen(handoff.DEAD_KEY), 1.0)
+        except TimeoutError:
+            raise CheckFailed("redis did not answer within 1 s") from None
+        except (RedisError, OSError) as exc:
+            raise CheckFailed(f"redis: {short(exc)}") from exc
+        if given_up:
+            raise CheckFailed(
+                f"{given_up} batch(es) failed {handoff.MAX_TRIES} times in the workers and were "
+                f"set aside in redis {handoff.DEAD_KEY} (the worker log says why)")

@@ -20,6 +20,7 @@ from dashboard.app import create_app
 from dashboard.health import WorkerPing
 from dashboard.hub import EventHub, split_message
 from dashboard.server import dashboard_command
+from soundmon import handoff
 from soundmon.events import GATEWAY_HEARTBEAT_PREFIX, GATEWAY_STATS_KEY
 from soundmon.metrics import flags_to_mask
 from soundmon.settings import Settings
@@ -57,6 +58,10 @@ class FakeRedis:
     async def hgetall(self, key: str) -> dict[str, str]:
         self._check()
         return dict(self.hashes.get(key, {}))
+
+    async def hlen(self, key: str) -> int:
+        self._check()
+        return len(self.hashes.get(key, {}))
 
 
 def closed_port() -> int:
@@ -216,14 +221,14 @@ def test_health_reports_failing_dependencies_with_503(tmp_path, store):
     assert r.status_code == 503
     body = r.json()
     assert body["ok"] == ["store"]
-    assert set(body["failing"]) == {"redis", "mqtt", "gateway", "workers"}
+    assert set(body["failing"]) == {"redis", "mqtt", "gateway", "workers", "handoff"}
     assert "refused" in body["failing"]["redis"].lower()
     assert "analyze@" in body["failing"]["workers"]
     assert all(isinstance(v, str) and v for v in body["failing"].values())
 
 
 def test_health_ok_when_everything_answers(tmp_path, store):
-    """Every dependency up: 200, all five names in ok, nothing failing."""
+    """Every dependency up: 200, all six names in ok, nothing failing."""
     fake = FakeRedis(keys={GATEWAY_HEARTBEAT_PREFIX + "gw1": "{}"})
     with socket.socket() as broker:
         broker.bind(("127.0.0.1", 0))
@@ -231,7 +236,8 @@ def test_health_ok_when_everything_answers(tmp_path, store):
         with make_client(tmp_path, store, fake, mqtt_port=broker.getsockname()[1]) as c:
             r = c.get("/api/health")
     assert r.status_code == 200, r.json()
-    assert r.json() == {"ok": ["store", "redis", "mqtt", "gateway", "workers"], "failing": {}}
+    assert r.json() == {"ok": ["store", "redis", "mqtt", "gateway", "workers", "handoff"],
+                        "failing": {}}
 
 
 def test_health_gateway_fails_without_heartbeat(tmp_path, store):
@@ -240,6 +246,16 @@ def test_health_gateway_fails_without_heartbeat(tmp_path, store):
         failing = c.get("/api/health").json()["failing"]
     assert "heartbeat" in failing["gateway"]
     assert "redis" not in failing
+
+
+def test_health_handoff_fails_when_a_batch_was_given_up(tmp_path, store):
+    """A batch set aside in the handoff ledger's dead hash fails the handoff check, saying where."""
+    fake = FakeRedis(keys={GATEWAY_HEARTBEAT_PREFIX + "gw1": "{}"},
+                     hashes={handoff.DEAD_KEY: {"b1": "x", "b2": "y"}})
+    with make_client(tmp_path, store, fake) as c:
+        failing = c.get("/api/health").json()["failing"]
+    assert "2 batch(es)" in failing["handoff"] and handoff.DEAD_KEY in failing["handoff"]
+    assert "gateway" not in failing
 
 
 # ---- devices --------------------------------------------------------------------------------
