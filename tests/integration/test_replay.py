@@ -106,6 +106,7 @@ def test_record_listen_to_the_alert_and_replay_it_through_the_pipeline(
     assert json.loads(r.headers["x-soundmon-clip"])["final"] is True
     clip, rate = soundfile.read(io.BytesIO(r.content), dtype="int16")
     assert rate == 8000 and clip.size == 4 * 8000  # 2 s pre-roll + 2 s post-roll
+    clip_bytes = len(r.content)
     part = api.get(f"/api/alerts/{alert.id}/clip", headers={**AUTH, "Range": "bytes=0-99"})
     assert part.status_code == 206 and part.content == r.content[:100]
     assert api.get("/api/alerts/999999/clip", headers=AUTH).status_code == 404
@@ -149,6 +150,13 @@ def test_record_listen_to_the_alert_and_replay_it_through_the_pipeline(
     assert [f["t_ms"] for f in levels] == [r.t_ms for r in original]
     for f, row in zip(levels, original, strict=True):
         assert f["laeq"] == pytest.approx(row.laeq, abs=0.05)
+    print("\n--- recorded rec-00, its alert, the clip, a replay, and the span through changed rules")
+    print(f"alert {alert.id}: {alert.kind} at {alert.started_ms}, worst {alert.worst:.1f}; clip "
+          f"{clip.size / rate:.1f} s at {rate} Hz ({clip_bytes} bytes of WAV)")
+    print(f"replay at 20x: {result}")
+    for name, res in results.items():
+        print(f"analyze {name} rules: {len(res['levels'])} levels, alerts "
+              f"{[(a['kind'], a['started'], a['worst']) for a in res['alerts']]}")
     bad = api.post("/api/recordings/rec-00/analyze", headers=AUTH,
                    json={"start": str(start), "end": str(end), "rules": {"level": {"max": 1}}})
     assert bad.status_code == 422 and "level.max" in bad.json()["detail"]
