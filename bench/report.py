@@ -39,7 +39,8 @@ def _fmt(v: object) -> str:
     if isinstance(v, float):
         if abs(v) < 10:
             return f"{v:,.3f}".rstrip("0").rstrip(".")
-        return f"{v:,.1f}".rstrip("0").rstrip(".") if abs(v) < 100 else f"{v:,.0f}"
+        # two decimals below 100: 19.97 must not read as 20 next to a target of 20
+        return f"{v:,.2f}".rstrip("0").rstrip(".") if abs(v) < 100 else f"{v:,.0f}"
     if isinstance(v, int):
         return f"{v:,}"
     return str(v)

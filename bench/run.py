@@ -350,7 +350,7 @@ def run(plan: Plan) -> dict:
         "naive_fps": naive["fps"],
         "soundmon_fps": sm["fps"],
         "ratio_ceiling": round(sm["fps"] / ceiling["fps"], 3) if ceiling["fps"] else None,
-        "ratio_naive": round(sm["fps"] / naive["fps"], 1) if naive["fps"] else None,
+        "ratio_naive": round(sm["fps"] / naive["fps"], 2) if naive["fps"] else None,
         "latency_ms": lat["latency_ms"],
         "latency_sse_ms": lat["latency_sse_ms"],
         "latency_devices": lat["devices"],
