@@ -74,7 +74,7 @@ class BenchProcess(Process):
 
 def _celery_argv(app: str, queue: str, concurrency: int, name: str) -> list[str]:
     return [sys.executable, "-m", "celery", "-A", app, "worker", "-Q", queue, "-n", name,
-            "-c", str(concurrency), "--loglevel", "WARNING", "-E", "--without-gossip",
+            "-c", str(concurrency), "--loglevel", "WARNING", "--without-gossip",
             "--without-mingle"]
 
 

@@ -219,12 +219,15 @@ def real_time(system: System, probe: Probe, plan: Plan, devices: int, hold_s: fl
     base = system.stored()
     boot_base = secrets.randbelow(2**32 - devices) + 1
     probe.measure(range(boot_base, boot_base + devices))
+    before = cpu(system.pids())
     gen = loadgen(system, plan, devices, duration_s=hold_s, name=f"loadgen-rt{devices}",
                   boot_base=boot_base)
     time.sleep(max(0.0, hold_s - 2.0))
     mem = memory({**system.pids(), "loadgen": gen.pid})
     sent = gen.result(timeout=hold_s + 180)
     stored, _, _ = wait_stored(system, base, sent["acked"], poll_s=0.5, stall_s=20.0)
+    comp = cpu_delta(before, cpu(system.pids()))
+    comp["loadgen"] = sent["cpu_s"]
     time.sleep(1.0)  # the last events reach the probes
     lost = sent["published"] - stored
     lat = percentiles(probe.stored)
@@ -233,6 +236,7 @@ def real_time(system: System, probe: Probe, plan: Plan, devices: int, hold_s: fl
             "offered_fps": round(devices * plan.fps, 1),
             "latency_ms": lat, "latency_sse_ms": percentiles(probe.sse),
             "loadgen_lag_ms": sent["lag_ms"], "memory_mb": mem,
+            "cpu_ms_per_frame": cpu_ms_per_frame(comp, stored),
             "ok": lost == 0 and lat["p99"] is not None and lat["p99"] < P99_LIMIT_MS}
 
 

@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from typing import Any
 
 from redis.exceptions import RedisError
 
-from soundmon import events
+from soundmon import events, jsonfast
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +40,7 @@ Event = tuple[str, str]  # (SSE event name, JSON text of its data)
 def split_message(raw: str | bytes) -> list[Event]:
     """One Redis message -> SSE events; a malformed message gives none (and is logged)."""
     try:
-        msg = json.loads(raw)
+        msg = jsonfast.loads(raw)
         kind, data = msg["type"], msg["data"]
     except (ValueError, TypeError, KeyError) as exc:
         log.warning("live events: ignoring malformed message (%s): %.200r", exc, raw)
@@ -50,7 +49,7 @@ def split_message(raw: str | bytes) -> list[Event]:
         log.warning("live events: ignoring unknown event type %.40r", kind)
         return []
     items: list[Any] = data if kind == "level" and isinstance(data, list) else [data]
-    return [(kind, json.dumps(item, separators=(",", ":"))) for item in items]
+    return [(kind, jsonfast.dumps(item)) for item in items]
 
 
 class EventHub:

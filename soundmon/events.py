@@ -7,10 +7,11 @@ one message per batch rather than one per frame.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import redis
+
+from soundmon import jsonfast
 
 CHANNEL = "soundmon:events"
 EVENT_TYPES = ("level", "alert", "device")
@@ -22,7 +23,7 @@ GATEWAY_HEARTBEAT_PREFIX = "soundmon:gateway:alive:"
 
 def encode(event_type: str, data: Any) -> str:
     assert event_type in EVENT_TYPES, event_type
-    return json.dumps({"type": event_type, "data": data}, separators=(",", ":"))
+    return jsonfast.dumps({"type": event_type, "data": data})
 
 
 def publish(client: redis.Redis, event_type: str, data: Any) -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
+from soundmon import jsonfast
 from soundmon.bands import band_centres_hz, decode_bands
 from soundmon.history import alerts_between, downsample, iter_level_rows
 from soundmon.metrics import mask_to_flags
@@ -513,7 +514,7 @@ class SQLiteStore:
             row = db.execute(
                 "SELECT hwm_t_ms, state_json FROM alert_state WHERE device=?", (device,)
             ).fetchone()
-            hwm, state = (row[0], json.loads(row[1])) if row else (-1, {})
+            hwm, state = (row[0], jsonfast.loads(row[1])) if row else (-1, {})
             open_rows = db.execute(
                 "SELECT * FROM alerts WHERE device=? AND ended_ms IS NULL", (device,)
             ).fetchall()
@@ -549,7 +550,7 @@ class SQLiteStore:
                 "INSERT INTO alert_state (device, hwm_t_ms, state_json) VALUES (?,?,?) "
                 "ON CONFLICT(device) DO UPDATE SET hwm_t_ms=excluded.hwm_t_ms, "
                 "state_json=excluded.state_json",
-                (device, outcome.hwm_t_ms, json.dumps(outcome.state)),
+                (device, outcome.hwm_t_ms, jsonfast.dumps(outcome.state)),
             )
         outcome.events = [e for e in events if e]
         return outcome

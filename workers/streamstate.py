@@ -8,12 +8,12 @@ afresh: its first ~50 ms settle (docs/measurement.md). States expire after ``STA
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable, Mapping
 
 import redis
 
+from soundmon import jsonfast
 from workers.dsp import StreamState
 from workers.preprocess import StateKey
 
@@ -39,7 +39,7 @@ def load(client: redis.Redis, keys: Iterable[StateKey]) -> dict[StateKey, Stream
         if raw is None:
             continue
         try:
-            out[k] = StreamState.from_json(json.loads(raw))
+            out[k] = StreamState.from_json(jsonfast.loads(raw))
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("ignoring unreadable stream state %s: %s", key(k), exc)
     return out
@@ -51,5 +51,5 @@ def save(client: redis.Redis, states: Mapping[StateKey, StreamState]) -> None:
         return
     pipe = client.pipeline(transaction=False)
     for k, state in states.items():
-        pipe.set(key(k), json.dumps(state.to_json()), ex=STATE_TTL_S)
+        pipe.set(key(k), jsonfast.dumps(state.to_json()), ex=STATE_TTL_S)
     pipe.execute()
