@@ -6,7 +6,8 @@
 time-weighting detectors' memory. Cutting a stream into frames anywhere therefore gives the
 same numbers as processing it uncut. A stream that starts without a state (a new device, a
 reboot, a gap in ``seq``) starts the filters at rest on the first frame's mean, so DC gives
-no transient; the weighting filters settle within about 50 ms (docs/measurement.md).
+no transient; the weighting filters settle within about 50 ms (docs/measurement.md). Its Fast
+and Slow detectors start at 0 for the maxima and settled for the minima (``_analyse_chunk``).
 
 Conventions (shared/protocol.md section 3):
 
@@ -47,8 +48,10 @@ class StreamState:
     """Memory of one stream between frames (all in counts / counts^2).
 
     ``zi_c``: the C cascade's sosfilt state, shape (n_c_sections, 2); ``zi_a``: the extra
-    A section's, shape (1, 2) (A = C cascade + one section); ``detector``: time weighting
-    ("F", "S") -> mean square just after the last sample.
+    A section's, shape (1, 2) (A = C cascade + one section); ``detector``: weighting and time
+    weighting (e.g. "AF") -> the detector's mean square just after the last sample, and
+    "AF_min" -> the one the minima come from, while it still differs (a fresh start runs the
+    maxima from 0 and the minima settled: ``_analyse_chunk``).
     """
 
     rate_hz: float
@@ -206,7 +209,18 @@ def _analyse_chunk(
                                          for f, s in zip(fresh, states, strict=True)]
     prefix = "l" + detector_weighting.lower()
     names = [detector_weighting + w for w in time_weightings]  # state keys, e.g. "AF"
-    # a fresh start reads as if the first tau of the first frame had been steady before
+    # A fresh start (no state: what came before the stream is unknown) runs two detectors that
+    # differ only in their start (IEC 61672-1 defines L_AF(t) by an integral from -infinity):
+    # - maxima: from 0, a meter switched on at the first sample. Past sound can only add
+    #   energy, so this never reads high: a burst at the first sample meets Table 4 (a start
+    #   at the first 125 ms' mean square counted such a burst twice, up to +3 dB). A steady
+    #   sound reads 10 lg(1 - e^(-T/tau)) low at the end of the first frame of T s: 0.08 dB
+    #   for a 0.5 s frame, 0.0015 dB for 1 s (Fast); from the second frame on, nothing.
+    # - minima: settled, at the mean square of the first tau, as if that had been steady
+    #   before; from 0 every first frame's LAFmin would read the rise (the -101 dB floor).
+    # Both follow the same recursion, so the minima detector stays the maxima's value plus
+    # a decaying `lag` (kernels.detector_extremes); the state keeps it (key NAME_min) until
+    # it no longer changes the value. docs/measurement.md "Time weighting".
     need = [i for i, d in enumerate(detectors) if any(name not in d for name in names)]
     head_ms = np.zeros((len(tws), n_streams))
     if need and time_weightings:
@@ -218,12 +232,19 @@ def _analyse_chunk(
         head_ms[:, need] = out / heads[:, np.newaxis]
     for t, w in enumerate(time_weightings):
         name = names[t]
-        y0 = np.array([d[name] if name in d else head_ms[t, i] for i, d in enumerate(detectors)])
+        y0 = np.array([d.get(name, 0.0) for d in detectors])
+        lag = np.array([max(0.0, d.get(name + "_min", d[name]) - d[name]) if name in d
+                        else head_ms[t, i] for i, d in enumerate(detectors)])
         extremes = np.empty((2, n_streams, n_frames))
         decay = (1.0 - alphas[t]) ** block
-        y_end = kernels.detector_extremes(u[t], decay, y0, n // block, extremes)
+        y_end = kernels.detector_extremes(u[t], decay, y0, lag, n // block, extremes)
         for i, d in enumerate(detectors):
             d[name] = float(y_end[i])
+            low = float(y_end[i] + lag[i])
+            if low != d[name]:
+                d[name + "_min"] = low
+            else:  # the two have met (to the last bit): one value again
+                d.pop(name + "_min", None)
         feats[f"{prefix}{w.lower()}max"] = ms_to_db(extremes[0])
         feats[f"{prefix}{w.lower()}min"] = ms_to_db(extremes[1])
     feats["dbfs_a"] = feats["laeq"]

@@ -6,7 +6,10 @@ pipeline carries it between a device's consecutive frames. So a file analysed he
 same samples streamed by a device give the same numbers.
 
 Levels are dB = dBFS + K with K = ``--calibration-db`` (0 when not given, and then every frame
-is flagged ``uncalibrated``).
+is flagged ``uncalibrated``). A frame is flagged ``below_noise_floor`` when its dBFS is at the
+digital floor (no more than int16 quantisation noise, -101.1 dBFS: digital silence), or with
+``--sensor PROFILE`` at or below that sensor profile's noise floor, as the pipeline flags a
+device's frames.
 """
 
 from __future__ import annotations
@@ -20,13 +23,18 @@ from typing import Any
 import click
 import numpy as np
 
+from soundmon.profiles import PROFILES
 from workers import dsp, spectrum
-from workers.levels import FILE_CLIP, FULL_SCALE
+from workers.levels import DIGITAL_FLOOR_DBFS, FILE_CLIP, FULL_SCALE
 
 #: the upper frequency bound (20 kHz) can only be observed when fs/2 >= 20 kHz
 AUDIBLE_TOP_HZ = 20000.0
 #: L10/L50/L90 are percentiles of 1 s Leq values (as in the store's statistics)
 PERCENTILE_BLOCK_S = 1.0
+#: frame times in seconds keep this many decimals (1 us: distinct for any frame of a sample)
+T_DECIMALS = 6
+#: ``--sensor`` choices: the profiles that have a noise floor (not the lm393 comparator)
+SENSORS = tuple(sorted(name for name, p in PROFILES.items() if p.noise_floor_dbfs is not None))
 
 
 @dataclass(frozen=True)
@@ -67,7 +75,8 @@ def percentiles_db(levels_db: np.ndarray) -> dict[str, float | None]:
 
 
 def analyse_samples(x: np.ndarray, rate_hz: int, k_db: float | None = None, frame_ms: float = 1000,
-                    weighting: str = "A") -> tuple[list[dict[str, Any]], dict[str, Any]]:
+                    weighting: str = "A", noise_floor_dbfs: float | None = None,
+                    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Per-frame records and the whole-file summary (the ``--json`` lines without encoding).
 
     Parameters
@@ -77,6 +86,11 @@ def analyse_samples(x: np.ndarray, rate_hz: int, k_db: float | None = None, fram
     k_db : float, optional; calibration offset (None: 0 and ``uncalibrated``)
     frame_ms : float; 0 = the whole signal is one frame
     weighting : {"A", "C", "Z"}; the weighting of ``lafmax`` and of L10/L50/L90
+    noise_floor_dbfs : float, optional; frames at or below it (dBFS, unweighted) are flagged
+        ``below_noise_floor`` (a sensor profile's floor); the digital floor always flags
+
+    An empty signal gives no frames and a summary whose levels are all None (duration_s 0):
+    nothing was measured, and the -101.1 dB floor would read as measured silence.
     """
     x = np.asarray(x, dtype=np.float64)
     k = 0.0 if k_db is None else float(k_db)
@@ -88,6 +102,9 @@ def analyse_samples(x: np.ndarray, rate_hz: int, k_db: float | None = None, fram
         flags_common.append("nyquist_limited")
     if k_db is None:
         flags_common.append("uncalibrated")
+    # the level of a frame of digital silence is the floor itself: compare with a hair of slack
+    floor_db = max(DIGITAL_FLOOR_DBFS + 1e-6,
+                   DIGITAL_FLOOR_DBFS if noise_floor_dbfs is None else float(noise_floor_dbfs))
 
     whole = x.size // n_frame
     parts: list[tuple[dict[str, np.ndarray], int]] = []
@@ -107,9 +124,12 @@ def analyse_samples(x: np.ndarray, rate_hz: int, k_db: float | None = None, fram
     t_samples = 0
     for feats, n in parts:
         for i in range(len(feats["dbfs"])):
-            flags = (["clipped"] if feats["clip_frac"][i] > 0 else []) + flags_common
+            flags = (["clipped"] if feats["clip_frac"][i] > 0 else [])
+            if feats["dbfs"][i] <= floor_db:
+                flags.append("below_noise_floor")
+            flags += flags_common
             frames.append({
-                "t": round(t_samples / rate_hz, 3),
+                "t": round(t_samples / rate_hz, T_DECIMALS),
                 "dbfs": _r(feats["dbfs"][i]),
                 "laeq": _r(feats["laeq"][i] + k),
                 "lceq": _r(feats["lceq"][i] + k),
@@ -126,8 +146,8 @@ def analyse_samples(x: np.ndarray, rate_hz: int, k_db: float | None = None, fram
             lmax.append(feats[key_max][i])
 
     summary = {
-        "duration_s": round(x.size / rate_hz, 3) if rate_hz else 0.0,
-        "dbfs": _r(float(dsp.rms_to_db(np.std(x))) if x.size else float(dsp.rms_to_db(0.0))),
+        "duration_s": round(x.size / rate_hz, T_DECIMALS) if rate_hz else 0.0,
+        "dbfs": _r(float(dsp.rms_to_db(np.std(x)))) if x.size else None,
     }
     summary["laeq"] = _r(dsp.energetic_mean_db(np.array(laeq), np.array(durations)) + k)
     summary["lceq"] = _r(dsp.energetic_mean_db(np.array(lceq), np.array(durations)) + k)
@@ -159,11 +179,15 @@ def _fmt(v: Any, width: int, nd: int = 1) -> str:
 def render_table(frames: list[dict[str, Any]], summary: dict[str, Any], weighting: str) -> str:
     """A readable table of the frames and the summary."""
     w = weighting
-    head = (f"{'t (s)':>8} {'dBFS':>7} {'LAeq':>7} {'LCeq':>7} {'LZeq':>7} {f'L{w}Fmax':>7} "
+    # as many decimals of t as the frames need (short frames: down to 1 us), at least 2
+    nd = next((d for d in range(2, T_DECIMALS) if all(round(f["t"], d) == f["t"] for f in frames)),
+              T_DECIMALS)
+    tw = max(8, nd + 4)
+    head = (f"{'t (s)':>{tw}} {'dBFS':>7} {'LAeq':>7} {'LCeq':>7} {'LZeq':>7} {f'L{w}Fmax':>7} "
             f"{'peak Hz':>9}  flags")
     lines = [head, "-" * len(head)]
     for f in frames:
-        lines.append(f"{f['t']:>8.2f} {_fmt(f['dbfs'], 7)} {_fmt(f['laeq'], 7)} "
+        lines.append(f"{f['t']:>{tw}.{nd}f} {_fmt(f['dbfs'], 7)} {_fmt(f['laeq'], 7)} "
                      f"{_fmt(f['lceq'], 7)} {_fmt(f['lzeq'], 7)} {_fmt(f['lafmax'], 7)} "
                      f"{_fmt(f['dominant_hz'], 9)}  {','.join(f['flags'])}")
     s = summary
@@ -185,12 +209,16 @@ def render_table(frames: list[dict[str, Any]], summary: dict[str, Any], weightin
               help="Frame length; 0 makes the whole file one frame.")
 @click.option("--weighting", type=click.Choice(["A", "C", "Z"], case_sensitive=False), default="A",
               show_default=True, help="Weighting of the Fast maximum and of L10/L50/L90.")
+@click.option("--sensor", type=click.Choice(SENSORS, case_sensitive=False), default=None,
+              help="Flag frames at or below this sensor profile's noise floor (dBFS) as "
+                   "below_noise_floor; without it only digital silence (-101.1 dBFS) is flagged.")
 def analyze_command(file: Path, as_json: bool, k_db: float | None, frame_ms: float,
-                    weighting: str) -> None:
+                    weighting: str, sensor: str | None) -> None:
     """Measure a WAV or FLAC file (first channel) exactly as the pipeline measures a device."""
     audio = read_audio(file)
+    floor = None if sensor is None else PROFILES[sensor.lower()].noise_floor_dbfs
     frames, summary = analyse_samples(audio.samples, audio.rate_hz, k_db, frame_ms,
-                                      weighting.upper())
+                                      weighting.upper(), floor)
     if as_json:
         for f in frames:
             click.echo(json.dumps(f))

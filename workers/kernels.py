@@ -199,7 +199,7 @@ def head_sums(x: np.ndarray, sos: np.ndarray, z: np.ndarray, mode: int, means: n
     """Sum of the detector signal squared over the first ``heads[d]`` samples of each lane.
 
     ``x`` (>= max(heads), lanes) from state ``z`` (6, lanes; not modified); ``means`` (lanes,);
-    ``out`` (n_det, lanes). A fresh stream's detector starts at the mean of these.
+    ``out`` (n_det, lanes). A fresh stream's minima detector starts at the mean of these.
     """
     lanes = x.shape[1]
     hp, lp, aw = _coefficients(sos, 0), _coefficients(sos, 1), _coefficients(sos, 2)
@@ -217,22 +217,30 @@ def head_sums(x: np.ndarray, sos: np.ndarray, z: np.ndarray, mode: int, means: n
 
 
 @njit(cache=True)
-def detector_extremes(u: np.ndarray, decay: float, y0: np.ndarray, per_frame: int,
+def detector_extremes(u: np.ndarray, decay: float, y0: np.ndarray, lag: np.ndarray, per_frame: int,
                       extremes: np.ndarray) -> np.ndarray:  # pragma: no cover (compiled)
     """Run the block recursion y = u + decay y of each stream and keep each frame's extremes.
+
+    Two detectors share the recursion and differ only in where they start: the maxima come
+    from ``y`` (from ``y0``), the minima from a detector ``lag`` higher at the start, which
+    stays y + lag decay^k after k blocks (the recursion is linear). ``workers.dsp`` starts a
+    fresh stream's maxima from 0 and its minima settled (``lag`` = the first 125 ms' mean
+    square); a continued stream has lag 0 once the two have met.
 
     Parameters
     ----------
     u : (blocks per lane, lanes) block rises in the lane layout of ``weighted_pass`` (lane
         k * n_streams + s: segment k of stream s).
     decay : (1 - alpha)^block; y0 : (n_streams,) detector value before the first block.
+    lag : (n_streams,) >= 0, in/out: the minima detector's excess over ``y`` before the first
+        block; on return, after the last block.
     per_frame : blocks per frame.
-    extremes : (2, n_streams, n_frames) out: the largest and smallest value of each frame
+    extremes : (2, n_streams, n_frames) out: each frame's largest ``y`` and smallest ``y + lag``
         (over its block ends and its start value).
 
     Returns
     -------
-    (n_streams,) the detector after the last block.
+    (n_streams,) the detector ``y`` after the last block.
     """
     blocks, lanes = u.shape
     streams = y0.shape[0]
@@ -243,12 +251,13 @@ def detector_extremes(u: np.ndarray, decay: float, y0: np.ndarray, per_frame: in
             frame = k * per_seg + f
             for s in range(streams):
                 extremes[0, s, frame] = y[s]
-                extremes[1, s, frame] = y[s]
+                extremes[1, s, frame] = y[s] + lag[s]
             for p in range(f * per_frame, (f + 1) * per_frame):
                 for s in range(streams):
                     y[s] = u[p, k * streams + s] + decay * y[s]
+                    lag[s] *= decay
                     extremes[0, s, frame] = max(extremes[0, s, frame], y[s])
-                    extremes[1, s, frame] = min(extremes[1, s, frame], y[s])
+                    extremes[1, s, frame] = min(extremes[1, s, frame], y[s] + lag[s])
     return y
 
 
@@ -314,7 +323,9 @@ def spectral_features(spec: np.ndarray, scale: np.ndarray, freqs: np.ndarray, st
         starts[b] .. starts[b+1] - 1, like ``np.add.reduceat``; ``empty`` bands read 0).
     bin_hz : fs / n.
     bands : (n_frames, n_bands) out, counts^2; out : (n_frames, 2): centroid Hz, peak Hz (NaN
-        without power; the caller blanks the peak for frames under 4 samples).
+        without power, or when the largest bin lacks a real neighbour on either side: bin 1,
+        whose left one is the removed DC, or the last bin; the caller blanks the peak of
+        frames under ``spectrum.MIN_PEAK_SAMPLES``).
     """
     rows, n_bins = spec.shape
     n_bands = bands.shape[1]
@@ -350,15 +361,14 @@ def spectral_features(spec: np.ndarray, scale: np.ndarray, freqs: np.ndarray, st
         k = 0
         while bits[k] != top_bits:  # the first bin holding the maximum, as np.argmax
             k += 1
-        top = p[k]
-        delta = 0.0
-        if 0 < k < n_bins - 1:
-            lm = np.log(max(p[k - 1], tiny))
-            l0 = np.log(max(top, tiny))
-            lp = np.log(max(p[k + 1], tiny))
-            denom = lm - 2.0 * l0 + lp
-            if denom < 0:
-                delta = min(0.5, max(-0.5, 0.5 * (lm - lp) / denom))
+        if k < 2 or k > n_bins - 2:  # a neighbour is the (removed) DC bin or missing: no peak
+            out[r, 1] = np.nan
+            continue
+        lm = np.log(max(p[k - 1], tiny))
+        l0 = np.log(max(p[k], tiny))
+        lp = np.log(max(p[k + 1], tiny))
+        denom = lm - 2.0 * l0 + lp
+        delta = min(0.5, max(-0.5, 0.5 * (lm - lp) / denom)) if denom < 0 else 0.0
         out[r, 1] = (k + delta) * bin_hz
 
 
@@ -374,7 +384,7 @@ def warm_up() -> None:
     weighted_pass(x, sos, z, 4, 2, MODE_A, np.zeros((1, 2)), np.ones(1), np.zeros((3, 1, 2)),
                   np.zeros((1, 2, 2)))
     head_sums(x, sos, z, MODE_A, np.zeros(2), np.array([2, 4]), np.zeros((2, 2)))
-    detector_extremes(np.zeros((4, 2)), 0.5, np.zeros(1), 2, np.zeros((2, 1, 4)))
+    detector_extremes(np.zeros((4, 2)), 0.5, np.zeros(1), np.zeros(1), 2, np.zeros((2, 1, 4)))
     for raw in (np.zeros((2, 4), np.int16), np.zeros((2, 4))):
         to_lanes(raw, np.array([[0, 1]]), np.zeros((4, 2)))
         frame_prep(raw, -1.0, 1.0, window, np.zeros((2, 4)), np.zeros((2, 3)))

@@ -16,6 +16,8 @@ FULL_SCALE = 32768.0
 #: at the rms of int16 quantisation noise (1 LSB / sqrt(12) = 0.289 counts, -101.1 dBFS) and
 #: the frame is flagged below the noise floor instead.
 QUANTISATION_RMS = 1.0 / np.sqrt(12.0)
+#: ... that floor in dB re full scale: -101.1 dBFS (digital silence reads exactly this)
+DIGITAL_FLOOR_DBFS = float(20.0 * np.log10(QUANTISATION_RMS / 32768.0))
 #: The ESP32 maps 12-bit codes to int16 as (c - 2048) * 16, so its rails are -32768 and
 #: +32752 (code 4095). Any sample at or beyond these values is treated as clipped.
 CLIP_HIGH = 2047 * 16

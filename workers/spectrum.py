@@ -22,6 +22,15 @@ from soundmon.bands import (  # noqa: F401  (re-exported)
 )
 from workers import kernels
 
+#: Frames shorter than this get no dominant frequency (NaN, null in JSON). Under 16 samples
+#: the Hann main lobe (4 bins wide) covers half of the n/2 + 1 bins or more and the tone's
+#: mirror image at -f overlaps it: a 1 kHz tone in a 4-sample frame at 16 kHz peaked at
+#: 6000 Hz, and with 6-10 samples tones read up to 0.85 bin off. From 16 samples on (9 bins)
+#: a clean tone reads within half a bin, within 0.07 bin when it is at least 2 bins from DC
+#: and from fs/2 (measured). The parabola also needs a real bin on both sides of the peak:
+#: a peak at bin 1 (whose left neighbour is the removed DC) or at the last bin gives NaN.
+MIN_PEAK_SAMPLES = 16
+
 
 @dataclass(frozen=True)
 class _Plan:
@@ -79,7 +88,8 @@ def frame_spectra(xd: np.ndarray, rate_hz: float) -> dict[str, np.ndarray]:
     Returns
     -------
     dict:
-        ``dominant_hz`` (n_frames,), Hz, NaN for frames under 4 samples or without power;
+        ``dominant_hz`` (n_frames,), Hz, NaN for frames under MIN_PEAK_SAMPLES, without
+        power, or with the largest bin at bin 1 or at the last bin;
         ``centroid_hz`` (n_frames,), Hz, NaN without power;
         ``bands_db`` (n_frames, n_bands), dB re full scale (Z), floored at BAND_FLOOR_DB.
     """
@@ -105,15 +115,15 @@ def windowed_features(xw: np.ndarray, rate_hz: float, band_ms: np.ndarray, out: 
     """The spectral features of windowed frames, written into arrays the caller owns.
 
     ``xw`` (n_frames, n > 0); ``band_ms`` (n_frames, n_bands) gets the band mean squares
-    (counts^2), ``out`` (n_frames, 2) the centroid and the dominant frequency (Hz; NaN under
-    4 samples or without power).
+    (counts^2), ``out`` (n_frames, 2) the centroid and the dominant frequency (Hz; NaN as in
+    ``frame_spectra``).
     """
     n_frames, n = xw.shape
     plan = _plan(n, float(rate_hz))
     spec = np.fft.rfft(xw, axis=1, out=kernels.scratch("spectrum", (n_frames, n // 2 + 1), complex))
     kernels.spectral_features(spec, plan.scale, plan.freqs, plan.starts, plan.empty,
                               float(rate_hz) / n, band_ms, out)
-    if n < 4:
+    if n < MIN_PEAK_SAMPLES:
         out[:, 1] = np.nan
 
 
@@ -128,12 +138,14 @@ def _peak_hz(ms_bins: np.ndarray, rate_hz: float, n: int) -> np.ndarray:
 
     On a Hann-windowed spectrum the worst-case bias is about 0.016 bin on a clean tone
     (shared/acoustics.md section 6); the log of power and of magnitude give the same vertex.
+    NaN as ``frame_spectra`` says (n under MIN_PEAK_SAMPLES, no power, the largest bin at
+    bin 1 or at the last bin); bin 0 (DC) must hold 0.
     """
     n_frames, n_bins = ms_bins.shape
     k = np.argmax(ms_bins, axis=1)
     rows = np.arange(n_frames)
     peak = ms_bins[rows, k]
-    inner = (k > 0) & (k < n_bins - 1)
+    inner = (k > 1) & (k < n_bins - 1)
     km, kp = np.clip(k - 1, 0, n_bins - 1), np.clip(k + 1, 0, n_bins - 1)
     tiny = 1e-300  # log(0) guard; a zero neighbour just pins the vertex to the peak bin
     lm = np.log(np.maximum(ms_bins[rows, km], tiny))
@@ -144,19 +156,20 @@ def _peak_hz(ms_bins: np.ndarray, rate_hz: float, n: int) -> np.ndarray:
         delta = np.where(inner & (denom < 0), 0.5 * (lm - lp) / np.where(denom < 0, denom, -1.0),
                          0.0)
     out = (k + np.clip(delta, -0.5, 0.5)) * rate_hz / n
-    return np.where(peak > 0, out, np.nan)
+    return np.where((peak > 0) & inner & (n >= MIN_PEAK_SAMPLES), out, np.nan)
 
 
 def welch_peak_hz(x: np.ndarray, rate_hz: float, segment_s: float = 1.0) -> float:
     """Interpolated peak of the Welch spectrum (Hann, 50 % overlap) of a long signal, in Hz.
 
     Averaging segments lowers the noise of the estimate; the parabola on log power keeps the
-    bias under 0.02 bin of fs / nperseg. NaN for signals under 4 samples or without power.
+    bias under 0.02 bin of fs / nperseg. NaN for signals under MIN_PEAK_SAMPLES, without
+    power, or with the peak at bin 1 or the last bin of the segments.
     """
     x = np.asarray(x, dtype=float)
-    if x.size < 4:
+    if x.size < MIN_PEAK_SAMPLES:
         return float("nan")
-    nperseg = min(x.size, max(4, int(round(segment_s * rate_hz))))
+    nperseg = min(x.size, max(MIN_PEAK_SAMPLES, int(round(segment_s * rate_hz))))
     freqs, psd = signal.welch(x, fs=rate_hz, window="hann", nperseg=nperseg, detrend="constant")
     psd = psd.copy()
     psd[0] = 0.0

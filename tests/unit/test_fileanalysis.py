@@ -89,6 +89,64 @@ def test_too_short_frames_have_no_dominant_frequency(tmp_path):
     assert frames[0]["dominant_hz"] is None and frames[0]["dbfs"] is not None
 
 
+@pytest.mark.parametrize("frame_ms, has_peak", [(0.25, False), (0.5, False), (0.9375, False),
+                                                (1.0, True)])
+def test_dominant_frequency_needs_16_samples(tmp_path, frame_ms, has_peak):
+    """A 4 kHz tone at 16 kHz: frames of 4, 8, 15 samples have dominant_hz null, 16 read 4 kHz."""
+    path = tmp_path / "tone.wav"
+    sf.write(path, tone(4000, 0.3, 0.02, 16000, phase=0.7), 16000, subtype="FLOAT")
+    frames, _ = json_lines(run(path, "--json", "--frame-ms", frame_ms))
+    peaks = [f["dominant_hz"] for f in frames if f["t"] < 0.015]  # whole frames
+    if has_peak:
+        assert peaks == pytest.approx([4000.0] * len(peaks), abs=0.07 * 1000)  # bin = 1 kHz
+    else:
+        assert peaks == [None] * len(peaks)
+
+
+def test_frame_times_stay_distinct_for_short_frames(tmp_path):
+    """With --frame-ms 0.25 every frame has its own t, to the microsecond."""
+    path = tmp_path / "short.wav"
+    sf.write(path, tone(1000, 0.3, 0.002, 8000), 8000, subtype="PCM_16")
+    frames, _ = json_lines(run(path, "--json", "--frame-ms", 0.25))
+    assert [f["t"] for f in frames] == [0.0, 0.00025, 0.0005, 0.00075, 0.001, 0.00125, 0.0015,
+                                        0.00175]
+    table = run(path, "--frame-ms", 0.25)
+    assert table.exit_code == 0 and "0.00025" in table.output
+
+
+def test_digital_silence_is_below_the_noise_floor(tmp_path):
+    """Frames of digital silence are flagged below_noise_floor; a tone's frames are not."""
+    path = tmp_path / "gap.wav"
+    x = np.concatenate([tone(1000, 0.1, 1.0, 8000), np.zeros(8000)])
+    sf.write(path, x, 8000, subtype="PCM_16")
+    frames, _ = json_lines(run(path, "--json"))
+    assert frames[1]["dbfs"] == pytest.approx(-101.1, abs=0.05)
+    assert ["below_noise_floor" in f["flags"] for f in frames] == [False, True]
+
+
+def test_sensor_option_flags_frames_under_its_noise_floor(tmp_path):
+    """--sensor max4466 flags a -60 dBFS frame (its floor is -56.7 dBFS), without it nothing is."""
+    path = tmp_path / "quiet.wav"
+    amp = 10 ** (-60 / 20) * math.sqrt(2)  # rms -60 dBFS
+    sf.write(path, np.concatenate([tone(1000, amp, 1.0, 8000), tone(1000, 0.1, 1.0, 8000)]), 8000,
+             subtype="FLOAT")
+    plain, _ = json_lines(run(path, "--json"))
+    assert not any("below_noise_floor" in f["flags"] for f in plain)
+    frames, _ = json_lines(run(path, "--json", "--sensor", "max4466"))
+    assert ["below_noise_floor" in f["flags"] for f in frames] == [True, False]
+    assert run(path, "--sensor", "lm393").exit_code == 2  # a comparator has no floor in dBFS
+
+
+def test_empty_file_has_no_levels(tmp_path):
+    """An empty WAV gives no frames and a summary with duration 0 and every level null."""
+    path = tmp_path / "empty.wav"
+    sf.write(path, np.zeros(0), 8000, subtype="PCM_16")
+    frames, summary = json_lines(run(path, "--json"))
+    assert frames == [] and set(summary) == SUMMARY_KEYS
+    assert summary == {k: None for k in SUMMARY_KEYS} | {"duration_s": 0.0}
+    assert run(path).exit_code == 0
+
+
 def test_weighting_option_and_table(tmp_path):
     """--weighting C changes the Fast maximum; the readable table names its columns."""
     path = tmp_path / "low.wav"
