@@ -8,7 +8,10 @@ mpremote (a subprocess of this interpreter) does the work over the board's raw R
    It is written from a private temporary file and is never part of the repository;
 3. what the firmware imports beyond its own files and is missing on the board is installed
    from micropython-lib with ``mip`` (``ntptime``: official ESP32 builds freeze it);
-4. the board is reset, and ``main.py`` starts the firmware.
+4. the board is reset, and ``main.py`` starts the firmware;
+5. what was written is recorded in the data directory's store (``soundmon.db``, the device
+   registry) with its passwords masked, so the dashboard's settings page and
+   ``GET /api/devices/{id}`` (``deployed``) show it (``--no-record`` skips this).
 
 The config is checked with the firmware's own ``firmware.config`` before anything is sent.
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -29,6 +33,7 @@ import click
 
 from firmware import config as fw_config
 from soundmon.protocol import DEVICE_ID
+from soundmon.store import SQLiteStore, now_ms
 
 FIRMWARE_DIR = Path(fw_config.__file__).resolve().parent
 ENTRY_POINTS = ("boot.py", "main.py")  # to the filesystem root; the rest to /lib/firmware
@@ -114,6 +119,29 @@ def deploy(port: str, cfg: dict, mip: bool = True, reset: bool = True, run: Runn
          f"broker {cfg['broker_host']}:{cfg['broker_port']})")
 
 
+def deploy_record(port: str, cfg: dict, t_ms: int | None = None) -> dict:
+    """What the device registry keeps of a deploy: the config with the Wi-Fi and MQTT
+    passwords masked (``***`` when set, the firmware's own ``config.public``), the firmware
+    version, the serial port and the time (Unix ms)."""
+    return {"t_ms": now_ms() if t_ms is None else t_ms, "firmware": fw_config.FIRMWARE_VERSION,
+            "port": port, "config": fw_config.public(cfg)}
+
+
+def record_deploy(data_dir: Path | None, port: str, cfg: dict) -> Path:
+    """Store ``deploy_record`` for the device in the data directory's store; returns its path.
+
+    The device registry lives in the SQLite file with either store backend (InfluxDB keeps
+    only the levels), so this never needs InfluxDB.
+    """
+    from soundmon.settings import get_settings
+
+    settings = get_settings()
+    if data_dir is not None:
+        settings = settings.model_copy(update={"data_dir": data_dir})
+    SQLiteStore(settings.db_path).set_deployed(cfg["device"], deploy_record(port, cfg))
+    return settings.db_path
+
+
 def _step(name: str, argv: list[str], run: Runner, echo: Callable[[str], None]) -> None:
     echo(f"soundmon deploy: {name}")
     done = run(argv)
@@ -136,12 +164,25 @@ def _step(name: str, argv: list[str], run: Runner, echo: Callable[[str], None]) 
 @click.option("--no-mip", is_flag=True, help="Do not install missing micropython-lib packages "
                                              "(mpremote fetches them on this computer).")
 @click.option("--no-reset", is_flag=True, help="Leave the board in the REPL afterwards.")
+@click.option("--record/--no-record", default=True, show_default=True,
+              help="Record the config written (passwords masked) in the data directory, for the "
+                   "dashboard's settings page.")
+@click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=None, help="Data directory holding soundmon.db [default: SOUNDMON_DATA].")
 def deploy_command(port: str, device: str, wifi_ssid: str, wifi_password: str, broker: str,
                    sensor: str, username: str, password: str, no_mip: bool,
-                   no_reset: bool) -> None:
+                   no_reset: bool, record: bool, data_dir: Path | None) -> None:
     """Copy the soundmon firmware and this device's config onto a MicroPython board."""
     try:
         cfg = device_config(device, wifi_ssid, wifi_password, broker, sensor, username, password)
         deploy(port, cfg, mip=not no_mip, reset=not no_reset)
     except DeployError as err:
         raise click.ClickException(str(err)) from err
+    if record:
+        try:
+            db = record_deploy(data_dir, port, cfg)
+        except (OSError, sqlite3.Error) as err:  # the board is done: say so, do not fail
+            click.echo(f"soundmon deploy: the config was not recorded for the dashboard: {err}",
+                       err=True)
+        else:
+            click.echo(f"soundmon deploy: recorded in {db} (passwords masked)")

@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from soundmon.protocol import topic as protocol_topic
 from soundmon.store import Alert, now_ms
 
 EVENTS = ("opened", "reminder", "resolved")
@@ -166,6 +167,7 @@ def alert_json(a: Alert) -> dict[str, Any]:
         "started": _iso(a.started_ms), "ended": _iso(a.ended_ms),
         "duration_s": None if reach is None else round((reach - a.started_ms) / 1000, 1),
         "acknowledged_by": a.acked_by, "acknowledged": _iso(a.acked_ms),
+        "resolved_by": a.resolved_by,
         "frames": {"boot": a.boot, "first_seq": a.first_seq, "last_seq": a.last_seq},
         "quiet_hours": bool(a.extra.get("quiet_hours")),
     }
@@ -209,7 +211,7 @@ def text(a: Alert, event: str) -> str:
     lines = [subject(a, event), ""]
     lines += [f"{k}: {j[k]}" for k in ("device", "rule", "kind", "severity", "state", "value",
                                        "worst", "threshold", "unit", "started", "ended",
-                                       "duration_s", "acknowledged_by")]
+                                       "duration_s", "acknowledged_by", "resolved_by")]
     frames = j["frames"]
     lines.append(f"frames: boot {frames['boot']}, seq {frames['first_seq']}-{frames['last_seq']}")
     if event == "test":
@@ -289,16 +291,22 @@ def _email(ch: dict[str, Any], a: Alert, event: str, delivery: str, timeout_s: f
 
 
 def _mqtt(ch: dict[str, Any], a: Alert, event: str, delivery: str, timeout_s: float) -> None:
+    _mqtt_publish(ch, ch.get("topic", "soundmon/v1/{device}/alert").format(device=a.device),
+                  body(a, event, delivery), f"soundmon-notify-{delivery}", timeout_s)
+
+
+def _mqtt_publish(ch: dict[str, Any], topic: str, payload: bytes, client_id: str,
+                  timeout_s: float) -> None:
+    """One QoS 1 message on ``ch``'s broker (host, port, username, password), confirmed."""
     import paho.mqtt.client as mqtt
 
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"soundmon-notify-{delivery}")
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
     if ch.get("username"):
         client.username_pw_set(ch["username"], ch.get("password"))
     client.connect(ch["host"], ch.get("port", 1883), keepalive=30)
     client.loop_start()
     try:
-        info = client.publish(ch.get("topic", "soundmon/v1/{device}/alert").format(device=a.device),
-                              body(a, event, delivery), qos=1)
+        info = client.publish(topic, payload, qos=1)
         info.wait_for_publish(timeout_s)
         if not info.is_published():
             raise DeliveryError(f"mqtt://{ch['host']}:{ch.get('port', 1883)} did not confirm")
@@ -307,6 +315,25 @@ def _mqtt(ch: dict[str, Any], a: Alert, event: str, delivery: str, timeout_s: fl
     finally:
         client.disconnect()
         client.loop_stop()
+
+
+def send_builtin_mqtt(settings: Any, a: Alert, event: str, delivery: str,
+                      timeout_s: float) -> str:
+    """The built-in ``mqtt`` channel from outside the workers (``POST /api/notifications/test``):
+    protocol.md's alert message on ``{prefix}/v1/{device}/alert`` of soundmon's own broker, as
+    ``workers.outputs.publish_alert`` sends it. Returns the topic; ``DeliveryError`` if the
+    broker did not confirm."""
+    topic = protocol_topic(a.device, "alert", settings.mqtt_prefix)
+    ch = {"host": settings.mqtt_host, "port": settings.mqtt_port,
+          "username": settings.mqtt_username, "password": settings.mqtt_password}
+    try:
+        _mqtt_publish(ch, topic, json.dumps(protocol_payload(a, event)).encode(),
+                      f"soundmon-test-{delivery}", timeout_s)
+    except DeliveryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - refused connection, unknown host ...
+        raise DeliveryError(f"{type(exc).__name__}: {exc}") from exc
+    return topic
 
 
 def _apprise(ch: dict[str, Any], a: Alert, event: str) -> None:

@@ -8,14 +8,16 @@ Layout under ``<data>/recordings/``:
   a FLAC *segment*. Segments, alert clips and the per-device on/off switch have own tables.
 * ``<device>/<start>-<boot>-<seq>.flac``: segments, 16-bit FLAC (lossless: the samples read
   back exactly), one per device and stretch of ``segment_s`` seconds (rotation).
-* ``clips/alert-<id>.flac``: the audio around an alert, kept until the alert is deleted.
+* ``clips/alert-<id>.flac``: the audio around an alert (``clip_window``), kept until the
+  alert is deleted (``DELETE /api/alerts/{id}``): retention never deletes a clip.
 
 Writes are idempotent: a frame is inserted with ``INSERT OR IGNORE`` on ``(device, boot, seq)``
 and the row stays after its samples moved into a segment, so a batch Celery redelivers is
 recorded once. ``flush`` moves a device's staged frames into a new segment in one
 transaction and starts a new spool file;
 ``enforce_retention`` deletes segments by age and disk budget, oldest first, never one that
-holds audio an open alert's clip may still need, and never the clip of an open alert.
+holds audio an alert's clip may still need. Clips count against the budget but are never
+deleted by it; only the clip of an alert that no longer exists goes.
 
 Errors: ``RecordingError`` (a bad span or time; also a ValueError).
 """
@@ -84,6 +86,20 @@ def now_ms() -> int:
 
 def duration_ms(rate: int, n: int) -> float:
     return 1000.0 * n / rate
+
+
+def clip_window(started_ms: int, ended_ms: int | None, last_out_ms: int | None,
+                preroll_ms: int, postroll_ms: int, max_ms: int) -> tuple[int, int]:
+    """The clip of an alert: ``preroll_ms`` before it opened to ``postroll_ms`` after its end.
+
+    Its end is when it resolved (``ended_ms``) or, while it is still unresolved, the end of
+    its last level out of bounds (``last_out_ms``; the opening time if unknown). A window
+    longer than ``max_ms`` keeps its beginning: the pre-roll and how the event started.
+    Returns ``(start_ms, end_ms)``.
+    """
+    until = ended_ms if ended_ms is not None else max(last_out_ms or started_ms, started_ms)
+    start = started_ms - preroll_ms
+    return start, min(until + postroll_ms, start + max_ms)
 
 
 def parse_time(value: str | int, name: str = "time", now: int | None = None) -> int:
@@ -447,6 +463,15 @@ class Recording:
             return None
         return {**dict(row), "path": self.dir / row["path"], "gaps": json.loads(row["gaps"])}
 
+    def delete_clip(self, alert_id: int) -> bool:
+        """Delete an alert's clip (its file and index row); whether there was one."""
+        row = self._db().execute("SELECT path FROM clips WHERE alert_id=?", (alert_id,)).fetchone()
+        if row is None:
+            return False
+        self._db().execute("DELETE FROM clips WHERE alert_id=?", (alert_id,))
+        (self.dir / row["path"]).unlink(missing_ok=True)
+        return True
+
     # ---- listing ------------------------------------------------------------------------
     def summary(self) -> list[dict[str, Any]]:
         """Per device: switch, first and last recorded time, segments, bytes, staged frames."""
@@ -472,7 +497,8 @@ class Recording:
                           open_windows: Sequence[tuple[str, int, int]],
                           open_alert_ids: set[int], alive_alert_ids: set[int] | None = None,
                           now: int | None = None) -> dict[str, Any]:
-        """Delete by age and disk budget (see ``plan_retention``); return what went."""
+        """Delete by age and disk budget (see ``plan_retention``); return what went, the
+        bytes left (``bytes``) and what the clips alone take (``clip_bytes``)."""
         db = self._db()
         segments = [dict(r) for r in db.execute("SELECT id, device, start_ms, end_ms, bytes, "
                                                 "path FROM segments")]
@@ -493,7 +519,7 @@ class Recording:
             (self.dir / clip["path"]).unlink(missing_ok=True)
         return {"segments": [s["id"] for s in plan["segments"]],
                 "clips": [c["alert_id"] for c in plan["clips"]],
-                "bytes": plan["bytes_after"]}
+                "bytes": plan["bytes_after"], "clip_bytes": plan["clip_bytes"]}
 
 
 def _spool_gen(db: sqlite3.Connection, device: str) -> int:
@@ -531,14 +557,15 @@ def plan_retention(segments: Sequence[dict[str, Any]], clips: Sequence[dict[str,
     """What retention deletes (pure).
 
     1. Segments that ended more than ``max_age_s`` ago, and the clips of alerts that no longer
-       exist (``alive_alert_ids``; None: unknown, keep all).
+       exist (``alive_alert_ids``; None: unknown, keep all; ``open_alert_ids`` always exist).
     2. While segments and clips together exceed ``budget_bytes``: the oldest remaining
-       segment, then, once no segment is left to delete, the clips of resolved alerts, oldest
-       first.
+       segment.
 
     Never deleted: a segment overlapping an ``open_windows`` entry ``(device, start_ms,
-    end_ms)`` (audio an open alert's clip may still be cut from) and the clip of an alert in
-    ``open_alert_ids``.
+    end_ms)`` (audio an alert's clip may still be cut from) and the clip of an alert that
+    exists: clips count against the budget, but only deleting the alert deletes its clip.
+    ``clip_bytes`` in the answer is what the kept clips take; above ``budget_bytes`` the
+    budget leaves no room for any segment.
     """
     def protected(seg: dict[str, Any]) -> bool:
         return any(seg["device"] == d and seg["start_ms"] < e and seg["end_ms"] > s
@@ -568,10 +595,5 @@ def plan_retention(segments: Sequence[dict[str, Any]], clips: Sequence[dict[str,
         if not protected(seg):
             drop_segs.append(seg)
             total -= seg["bytes"]
-    for clip in keep_clips:
-        if total <= budget_bytes:
-            break
-        if clip["alert_id"] not in open_alert_ids:
-            drop_clips.append(clip)
-            total -= clip["bytes"]
-    return {"segments": drop_segs, "clips": drop_clips, "bytes_after": total}
+    return {"segments": drop_segs, "clips": drop_clips, "bytes_after": total,
+            "clip_bytes": sum(c["bytes"] for c in keep_clips)}

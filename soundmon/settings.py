@@ -98,7 +98,8 @@ class Settings(BaseSettings):
     recording_segment_s: float = Field(300.0, ge=1, le=3600)  # audio per FLAC file (rotation)
     recording_upkeep_s: float = Field(30.0, ge=1, le=3600)  # rotation and retention, how often
     clip_preroll_s: float = Field(10.0, ge=0, le=300)  # alert clip: before the alert opened
-    clip_postroll_s: float = Field(10.0, ge=0, le=300)  # and after
+    clip_postroll_s: float = Field(10.0, ge=0, le=300)  # and after it resolved
+    clip_max_s: float = Field(600.0, ge=1, le=3600)  # longest clip; a longer one keeps its start
     upload_max_mb: float = Field(200.0, gt=0, le=4096)  # largest WAV/FLAC upload
 
     @field_validator("timezone")

@@ -110,6 +110,7 @@ class Alert:
     boot: int | None = None  # the frames that caused it: (device, boot, first_seq..last_seq)
     first_seq: int | None = None
     last_seq: int | None = None
+    resolved_by: str | None = None  # who resolved it by hand (POST .../resolve); None: by itself
 
 
 @dataclass(slots=True)
@@ -226,6 +227,10 @@ MIGRATIONS: tuple[tuple[str, str, str], ...] = (
     ("devices", "name", "TEXT"),
     ("devices", "location", "TEXT"),
     ("devices", "notes", "TEXT"),
+    # resolving by hand (POST /api/alerts/{id}/resolve): who; ended_ms is when
+    ("alerts", "resolved_by", "TEXT"),
+    # what `soundmon deploy` last wrote to the board, without its passwords (soundmon.deploy)
+    ("devices", "deployed_json", "TEXT"),
 )
 #: Run after MIGRATIONS (they may need the columns added there).
 POST_MIGRATION = (
@@ -387,6 +392,7 @@ class SQLiteStore:
             "name": row["name"],
             "location": row["location"],
             "notes": row["notes"],
+            "deployed": json.loads(row["deployed_json"]) if row["deployed_json"] else None,
         }
 
     def set_device_info(self, device: str, info: dict[str, str | None]) -> None:
@@ -396,6 +402,16 @@ class SQLiteStore:
             with self._conn() as db:
                 db.execute(f"UPDATE devices SET {', '.join(c + '=?' for c in cols)} WHERE id=?",
                            [*(info[c] for c in cols), device])
+
+    def set_deployed(self, device: str, record: dict[str, Any]) -> None:
+        """Remember what ``soundmon deploy`` wrote to a device (creating it if never seen).
+
+        ``record`` must hold no secrets: ``soundmon.deploy.deploy_record`` masks them.
+        """
+        with self._conn() as db, _transaction(db):
+            self._ensure_device(db, device)
+            db.execute("UPDATE devices SET deployed_json=? WHERE id=?",
+                       (json.dumps(record), device))
 
     # ---- history and export (soundmon.history) -------------------------------------------
     def history(self, device: str, start_ms: int, end_ms: int, points: int) -> dict[str, Any]:
@@ -580,6 +596,28 @@ class SQLiteStore:
             r = db.execute("SELECT * FROM alerts WHERE id=?", (alert_id,)).fetchone()
         return self._alert(r), "ok"
 
+    def resolve(self, alert_id: int, by: str) -> tuple[Alert | None, str, int]:
+        """Resolve an open or acknowledged alert by hand: (alert, "ok", event id), or
+        (alert or None, why not, 0).
+
+        Like an automatic resolve (``run_analysis``) it sets ``ended_ms`` and writes the one
+        ``resolved`` event for the notify queue in the same transaction; the unique
+        (alert, event, n) key and the ``ended_ms IS NULL`` guard mean the alert can never be
+        announced as resolved twice, whichever comes first.
+        """
+        t = now_ms()
+        with self._conn() as db, _transaction(db):
+            r = db.execute("SELECT * FROM alerts WHERE id=?", (alert_id,)).fetchone()
+            if r is None:
+                return None, "unknown", 0
+            if r["ended_ms"] is not None:
+                return self._alert(r), "resolved", 0
+            db.execute("UPDATE alerts SET state='resolved', ended_ms=?, resolved_by=? "
+                       "WHERE id=? AND ended_ms IS NULL", (t, by, alert_id))
+            event_id = self._add_event(db, alert_id, "resolved", 0, t)
+            r = db.execute("SELECT * FROM alerts WHERE id=?", (alert_id,)).fetchone()
+        return self._alert(r), "ok", event_id
+
     # ---- rules ------------------------------------------------------------------------------
     def rule_set(self, scope: str) -> dict[str, Any] | None:
         """The stored rule set of a scope ('' = the defaults, else a device's override)."""
@@ -705,6 +743,26 @@ class SQLiteStore:
                 "SELECT d.*, e.event, e.n FROM deliveries d JOIN alert_events e ON e.id=d.event_id "
                 "WHERE e.alert_id=? ORDER BY d.id", (alert_id,)).fetchall()
         return [dict(r) for r in rows]
+
+    def delete_alert(self, alert_id: int) -> tuple[Alert | None, str]:
+        """Delete a resolved alert with its events and delivery log: (alert, "ok"), or
+        (alert or None, why not: "unknown", or the state of an alert not resolved yet).
+
+        An unresolved alert stays: the rules still track it (deleting it would only make
+        them open a new one); resolve it first. Its audio clip is the recording's to delete.
+        """
+        with self._conn() as db, _transaction(db):
+            r = db.execute("SELECT * FROM alerts WHERE id=?", (alert_id,)).fetchone()
+            if r is None:
+                return None, "unknown"
+            if r["ended_ms"] is None:
+                return self._alert(r), r["state"]
+            db.execute("DELETE FROM deliveries WHERE event_id IN (SELECT id FROM alert_events "
+                       "WHERE alert_id=?)", (alert_id,))
+            db.execute("DELETE FROM alert_events WHERE alert_id=?", (alert_id,))
+            db.execute("DELETE FROM alerts WHERE id=?", (alert_id,))
+        return self._alert(r), "ok"
+
 
 class _Tx:
     """Context manager returning the connection; autocommit mode, explicit BEGIN where needed."""

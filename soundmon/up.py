@@ -159,7 +159,9 @@ def up_command(n_devices: int, scene: str | None, data_dir: Path | None, http_po
         Process("worker-recording", soundmon_argv("worker", "recording"), env,
                 logs / "worker-recording.log"),
         Process("gateway", soundmon_argv("gateway"), env_as("svc.gateway"), logs / "gateway.log"),
-        Process("dashboard", soundmon_argv("dashboard"), env, logs / "dashboard.log"),
+        # the workers' account too: POST /api/notifications/test to the built-in mqtt channel
+        Process("dashboard", soundmon_argv("dashboard"), env_as("svc.workers"),
+                logs / "dashboard.log"),
     ]
     if fport:
         apps.append(Process("flower", soundmon_argv("flower", "--port", str(fport)), env,

@@ -19,6 +19,12 @@ continuously for ``resolve_s``; at most one alert per device, rule and kind is o
 time. Each alert keeps its worst value, how long it was out (``last_out_ms``) and the frames
 (boot, first and last seq) that caused it.
 
+Resolved by hand. An alert someone resolves (``POST /api/alerts/{id}/resolve``) leaves the
+open set between two calls; the kind's state still says it was alerting, so the excursion
+is *held*: it goes on silently, as if the alert were still open, and opens no new alert and
+announces no second resolve. The hold ends where the alert would have resolved by itself
+(back inside by the hysteresis for ``resolve_s``); the next excursion alerts again.
+
 Order and idempotency. Levels are evaluated in frame order per (device, boot): each boot
 keeps the next expected ``seq``. A frame already evaluated (a redelivered batch) is skipped.
 A frame that arrives ahead of a missing one (two batches processed in parallel finished out
@@ -254,6 +260,9 @@ def analyse(
     state["boots"] = {b: dict(v) for b, v in state.get("boots", {}).items()}
     state["window"] = [list(w) for w in state.get("window", [])]
     rules_state: dict[str, dict[str, Any]] = state.setdefault("rules", {})
+    for kind, st in rules_state.items():
+        if st.get("alerting") and kind not in open_alerts:
+            st["alerting"], st["held"] = False, True  # resolved by hand: see the module docstring
     fresh = release_in_order(state, levels, now_ms)
     out = Outcome(hwm_t_ms=hwm_t_ms, state=state, evaluated=len(fresh))
     open_now = dict(open_alerts)
@@ -292,8 +301,11 @@ def analyse(
                     alert.worst = round(check.worse(alert.worst, value), 2)
                     alert.last_out_ms, alert.last_seq = end, level.get("seq")
                 elif alert is not None:
+                    st["alerting"] = True
                     worst[alert.id] = check.worse(worst.get(alert.id, alert.worst), value)
                     reach[alert.id] = (end, level.get("seq", 0))
+                elif st.get("held"):
+                    pass  # this excursion's alert was resolved by hand: no second one
                 elif end - st["out_since"] >= open_s * 1000:
                     frames = list(st["frames"])
                     alert = Alert(
@@ -311,11 +323,12 @@ def analyse(
                     )
                     open_now[check.kind] = alert
                     out.opened.append(alert)
+                    st["alerting"] = True
                 continue
             st["out_since"] = None
             st.pop("worst", None)
             st.pop("frames", None)
-            if alert is None:
+            if alert is None and not st.get("held"):
                 continue
             if limit is not None and not check.back_in(value, limit, rules):
                 st["in_since"] = None  # inside, but within the hysteresis band
@@ -323,12 +336,15 @@ def analyse(
             if st["in_since"] is None:
                 st["in_since"] = t
             if end - st["in_since"] >= resolve_s * 1000:
+                st["in_since"], st["alerting"] = None, False
+                if alert is None:  # the held excursion is over, silently
+                    st["held"] = False
+                    continue
                 alert.state, alert.ended_ms = "resolved", end
                 if alert.id:
                     out.resolved.append((alert.id, end))
                     out.resolved_alerts.append(alert)
                 del open_now[check.kind]
-                st["in_since"] = None
         out.hwm_t_ms = max(out.hwm_t_ms, t)
     out.worst = [(k, round(v, 2)) for k, v in worst.items()]
     out.extended = [(k, end, seq) for k, (end, seq) in reach.items()]

@@ -23,8 +23,9 @@ import redis
 from soundmon import tasknames
 from soundmon.metrics import FLAG_BIT
 from soundmon.protocol import Frame
-from soundmon.recording import CONTIGUOUS_MS, Recording, RecordingError, iso, now_ms
-from soundmon.settings import get_settings
+from soundmon.recording import CONTIGUOUS_MS, Recording, RecordingError, clip_window, iso, now_ms
+from soundmon.settings import Settings, get_settings
+from soundmon.store import Alert
 from workers import outputs, rules
 from workers.analysis import analyse
 from workers.app import app
@@ -62,51 +63,86 @@ def rules_for(device: str | None, override: dict[str, Any] | None) -> RuleSet:
     return rules.effective(rules.load(outputs.store(), device, get_settings()), override)
 
 
-def _open_alerts() -> list[Any]:
-    return [a for a in outputs.store().alerts(None, None, 100_000) if a.ended_ms is None]
+def alert_clip_window(alert: Alert, s: Settings) -> tuple[int, int]:
+    """The window of the clip the workers cut of an alert (``recording.clip_window``).
+
+    Resolved: pre-roll before it opened to post-roll after it resolved (at most
+    ``clip_max_s``). Unresolved: the first cut, made when it opens so that something is there
+    early, ends a post-roll after the opening; the clip is cut again, whole, once it resolves.
+    """
+    start, end = clip_window(alert.started_ms, alert.ended_ms, alert.last_out_ms,
+                             int(s.clip_preroll_s * 1000), int(s.clip_postroll_s * 1000),
+                             int(s.clip_max_s * 1000))
+    if alert.ended_ms is None:
+        end = min(end, alert.started_ms + int(s.clip_postroll_s * 1000))
+    return start, end
+
+
+def _alerts_needing_audio(s: Settings) -> tuple[list[Alert], list[Alert]]:
+    """Unresolved alerts, and alerts resolved so recently that their final clip may be due."""
+    recent = now_ms() - (CLIP_GIVE_UP_S + s.clip_postroll_s) * 1000
+    alerts = outputs.store().alerts(None, None, 100_000, since_ms=int(recent))
+    return ([a for a in alerts if a.ended_ms is None],
+            [a for a in alerts if a.ended_ms is not None])
 
 
 @app.task(name=tasknames.RECORDING_UPKEEP, acks_late=True)
 def recording_upkeep() -> dict[str, Any]:
-    """Rotate staged audio into FLAC segments, then enforce retention."""
+    """Rotate staged audio into FLAC segments, cut clips whose task was lost, then enforce
+    retention (which keeps the audio of clips still to be cut, and every clip)."""
     s = get_settings()
     rec = recorder()
     made = rec.flush(s.recording_segment_s)
-    open_alerts = _open_alerts()
-    pre, post = int(s.clip_preroll_s * 1000), int(s.clip_postroll_s * 1000)
-    windows = [(a.device, a.started_ms - pre, a.started_ms + post) for a in open_alerts]
-    clip_ids = [r[0] for r in rec._db().execute("SELECT alert_id FROM clips")]
-    for a in open_alerts:  # a clip whose task was lost (or never sent): cut it now
-        if a.id not in clip_ids and a.started_ms + post < now_ms() and rec.enabled(
-                [a.device])[a.device]:
-            try:
-                rec.cut_clip(a.id, a.device, a.started_ms - pre, a.started_ms + post)
-                clip_ids.append(a.id)
-            except RecordingError:
-                pass  # nothing recorded around it
+    unresolved, resolved = _alerts_needing_audio(s)
+    post, max_ms = int(s.clip_postroll_s * 1000), int(s.clip_max_s * 1000)
+    pre = int(s.clip_preroll_s * 1000)
+    # an unresolved alert's clip may reach up to the maximum length: keep all of that audio
+    windows = [(a.device, a.started_ms - pre, a.started_ms - pre + max_ms) for a in unresolved]
+    cut = {r[0]: r[1] for r in rec._db().execute("SELECT alert_id, end_ms FROM clips")}
+    for a in [*unresolved, *resolved]:  # a clip whose task was lost (or never sent): cut it now
+        start, end = alert_clip_window(a, s)
+        final = a.ended_ms is not None
+        if final and cut.get(a.id, 0) < end:
+            windows.append((a.device, start, end))  # its final clip is not cut yet
+        due = (a.ended_ms if a.ended_ms is not None else a.started_ms) + post < now_ms()
+        missing = cut.get(a.id, 0) < end if final else a.id not in cut
+        if not (due and missing and rec.enabled([a.device])[a.device]):
+            continue
+        try:
+            rec.cut_clip(a.id, a.device, start, end)
+            cut[a.id] = end
+        except RecordingError:
+            pass  # nothing recorded around it
     store = outputs.store()
-    alive = {i for i in clip_ids if store.alert(i) is not None}
-    gone = rec.enforce_retention(s.recording_max_age_h * 3600, int(s.recording_budget_mb * 2**20),
-                                 windows, {a.id for a in open_alerts}, alive)
+    alive = {i for i in cut if store.alert(i) is not None}
+    budget = int(s.recording_budget_mb * 2**20)
+    gone = rec.enforce_retention(s.recording_max_age_h * 3600, budget, windows,
+                                 {a.id for a in unresolved}, alive)
     if gone["segments"] or gone["clips"]:
-        log.info("recording retention deleted %d segments, %d clips", len(gone["segments"]),
-                 len(gone["clips"]))
+        log.info("recording retention deleted %d segments, %d clips of deleted alerts",
+                 len(gone["segments"]), len(gone["clips"]))
+    if gone["clip_bytes"] > budget:
+        log.warning("alert clips alone take %.0f MB, over the recording budget of %.0f MB "
+                    "(SOUNDMON_RECORDING_BUDGET_MB): no segment can be kept; delete old alerts "
+                    "(DELETE /api/alerts/{id}) or raise the budget", gone["clip_bytes"] / 2**20,
+                    s.recording_budget_mb)
     return {"segments_made": len(made), **gone}
 
 
 @app.task(name=tasknames.CLIP, bind=True, acks_late=True, max_retries=CLIP_GIVE_UP_S // CLIP_RETRY_S)
 def clip(self: Any, alert_id: int) -> dict[str, Any] | None:
-    """Cut the clip of an alert: pre-roll before it opened to post-roll after.
+    """Cut the clip of an alert (``alert_clip_window``): the first cut while it is open, the
+    whole clip once it resolved.
 
-    Send it with ``countdown`` = the post-roll. Audio still on its way (a batch in flight, a
-    device backfilling after an outage) makes the task cut again later, for up to 10 min.
+    The analyze task sends it when an alert opens and again when it resolves, each time with
+    ``countdown`` = the post-roll. Audio still on its way (a batch in flight, a device
+    backfilling after an outage) makes the task cut again later, for up to 10 min.
     """
     s = get_settings()
     alert = outputs.store().alert(int(alert_id))
     if alert is None:
-        return None
-    start = alert.started_ms - int(s.clip_preroll_s * 1000)
-    end = alert.started_ms + int(s.clip_postroll_s * 1000)
+        return None  # deleted
+    start, end = alert_clip_window(alert, s)
     rec = recorder()
     if not rec.enabled([alert.device])[alert.device]:
         return None

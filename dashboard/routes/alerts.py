@@ -1,19 +1,26 @@
-"""Alerts: ``GET /api/alerts``, ``GET /api/alerts/{id}`` (with its delivery log) and
-``POST /api/alerts/{id}/ack``. The JSON of an alert is ``soundmon.notifiers.alert_json``."""
+"""Alerts: ``GET /api/alerts``, ``GET /api/alerts/{id}`` (with its delivery log),
+``POST /api/alerts/{id}/ack``, ``POST /api/alerts/{id}/resolve`` and
+``DELETE /api/alerts/{id}`` (with its clip). The JSON of an
+alert is ``soundmon.notifiers.alert_json``."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, HTTPException, Path, Query, Request
+from fastapi import APIRouter, Body, HTTPException, Path, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from dashboard.deps import Authenticated, RedisDep, StoreDep
+from dashboard.deps import Authenticated, RedisDep, SettingsDep, StoreDep
+from dashboard.routes.tasks import celery_app
 from dashboard.views import iso_z, parse_time_ms
-from soundmon import events, notifiers
+from soundmon import events, notifiers, tasknames
 from soundmon.protocol import DEVICE_ID
+from soundmon.settings import Settings
 
+log = logging.getLogger("soundmon.dashboard")
 router = APIRouter(prefix="/api", tags=["alerts"], dependencies=[Authenticated])
 
 AlertState = Literal["open", "acknowledged", "resolved"]
@@ -62,6 +69,12 @@ class Ack(BaseModel):
                            description="who acknowledges (default: the signed-in user, else 'api')")
 
 
+class Resolve(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    by: str | None = Field(None, min_length=1, max_length=64,
+                           description="who resolves (default: the signed-in user, else 'api')")
+
+
 @router.post("/alerts/{alert_id}/ack")
 async def acknowledge(alert_id: AlertId, request: Request, store: StoreDep, redis: RedisDep,
                       body: Annotated[Ack | None, Body()] = None) -> dict[str, Any]:
@@ -82,3 +95,57 @@ async def acknowledge(alert_id: AlertId, request: Request, store: StoreDep, redi
     except Exception:  # noqa: BLE001 - live events are best-effort
         pass
     return notifiers.alert_json(alert)
+
+
+def send_notify(settings: Settings, alert_id: int, event_ids: list[int]) -> None:
+    """What the analyze task does after a resolve (``workers.app.analyse_levels``): the events
+    to the notify queue, and the alert's whole clip to the recording queue after the post-roll."""
+    app = celery_app(settings)
+    app.send_task(tasknames.NOTIFY, args=[event_ids])
+    app.send_task(tasknames.CLIP, args=[alert_id], countdown=settings.clip_postroll_s + 2)
+
+
+@router.post("/alerts/{alert_id}/resolve")
+async def resolve(alert_id: AlertId, request: Request, store: StoreDep, settings: SettingsDep,
+                  body: Annotated[Resolve | None, Body()] = None) -> dict[str, Any]:
+    """Resolve an open or acknowledged alert by hand (who: ``resolved_by``; when: ``ended``).
+
+    The channels get the one ``resolved`` message an automatic resolve sends; the analysis
+    holds the rest of this excursion silently, so it neither opens a new alert for it nor
+    resolves this one again (docs/alerts.md). 404 for an unknown id, 409 if already resolved.
+    """
+    user = getattr(request.state, "user", None)
+    by = user or (body.by if body and body.by else "api")
+    alert, why, event_id = store.resolve(alert_id, by)
+    if alert is None:
+        raise HTTPException(404, f"unknown alert {alert_id}")
+    if why != "ok":
+        who = f"by {alert.resolved_by}" if alert.resolved_by else "by itself"
+        raise HTTPException(409, f"alert {alert_id} was resolved already ({who}) at "
+                                 f"{iso_z(alert.ended_ms)}")
+    if event_id:
+        try:  # the event is in the store's outbox: if the queue is down, the workers resend it
+            await asyncio.to_thread(send_notify, settings, alert_id, [event_id])
+        except Exception as exc:  # noqa: BLE001 - kombu raises its own OperationalError family
+            log.warning("alert %d resolved; its message waits for the notify queue: %s",
+                        alert_id, exc)
+    return notifiers.alert_json(alert)
+
+
+@router.delete("/alerts/{alert_id}", status_code=204)
+def delete_alert(alert_id: AlertId, store: StoreDep, settings: SettingsDep) -> Response:
+    """Delete a resolved alert: its events, delivery log and audio clip go with it.
+
+    404 for an unknown id; 409 while it is open or acknowledged (the rules still track it:
+    resolve it first). Nothing else deletes a clip (docs/recording.md).
+    """
+    from dashboard.routes.recordings import recording
+
+    alert, why = store.delete_alert(alert_id)
+    if alert is None:
+        raise HTTPException(404, f"unknown alert {alert_id}")
+    if why != "ok":
+        raise HTTPException(409, f"alert {alert_id} is {why}; only a resolved alert can be "
+                                 "deleted (resolve it first)")
+    recording(settings).delete_clip(alert_id)
+    return Response(status_code=204)

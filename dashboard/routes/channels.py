@@ -49,24 +49,34 @@ def delete_channel(channel_id: Annotated[int, Path(ge=1, le=2**62)], store: Stor
 
 class TestRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    channel: int | str = Field(description="a stored channel's id, or 'live'")
+    channel: int | str = Field(description="a stored channel's id, or a built-in channel: "
+                                           "'live' or 'mqtt'")
 
 
 @router.post("/notifications/test")
 async def test_notification(req: TestRequest, store: StoreDep, redis: RedisDep,
                             settings: SettingsDep) -> dict[str, Any]:
     """Send a test message (``event`` = ``test``) to one channel now; 502 with the reason if
-    the channel did not take it."""
+    the channel did not take it. ``live``: an alert event on the live stream; ``mqtt``:
+    protocol.md's alert message on ``soundmon/v1/soundmon-test/alert`` of soundmon's broker."""
     alert = notifiers.test_alert()
     if req.channel == "live":
         await redis.publish(events.CHANNEL, json.dumps(
             {"type": "alert", "data": notifiers.protocol_payload(alert, "test")}))
         return {"ok": True, "channel": "live"}
+    if req.channel == "mqtt":
+        try:
+            topic = await run_in_threadpool(notifiers.send_builtin_mqtt, settings, alert, "test",
+                                            secrets.token_hex(4), settings.notify_timeout_s)
+        except notifiers.DeliveryError as exc:
+            raise HTTPException(502, f"built-in mqtt channel (mqtt://{settings.mqtt_host}:"
+                                     f"{settings.mqtt_port}): {exc}") from None
+        return {"ok": True, "channel": "mqtt", "topic": topic}
     try:
         channel_id = int(req.channel)
     except ValueError:
-        raise HTTPException(422, f"channel: {req.channel!r} is neither 'live' nor a channel id"
-                            ) from None
+        raise HTTPException(422, f"channel: {req.channel!r} is neither 'live', 'mqtt' nor a "
+                                 "channel id") from None
     channel = store.channel(channel_id)
     if channel is None:
         raise HTTPException(404, f"unknown channel {channel_id}")

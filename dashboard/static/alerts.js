@@ -1,7 +1,8 @@
-// Alerts page: filter by device, state and time; acknowledge and resolve; delivery log; the clip.
+// Alerts page: filter by device, state and time; acknowledge, resolve and delete; delivery log;
+// the clip.
 // Actions that belong to other parts of soundmon show only when this server has their endpoint.
 import {
-  RANGES, acknowledge, api, devices, displayName, el, fmt, has, label, onAlerts, serverNow, toLocalInput, toast, when,
+  RANGES, acknowledge, api, devices, displayName, el, fmt, has, label, onAlerts, resolve, serverNow, toLocalInput, toast, when,
 } from "./core.js";
 
 const STATES = ["open", "acknowledged", "resolved"];
@@ -71,7 +72,15 @@ export function mount(root, _params, query) {
     if (a.state !== "resolved" && has("/api/alerts/{}/resolve", "post")) {
       actions.append(el("button", { type: "button", text: "Resolve", onclick: async (e) => {
         e.target.disabled = true;
-        try { await api(`/api/alerts/${encodeURIComponent(id)}/resolve`, { method: "POST" }); load(); } catch (err) { toast(err.message, "bad"); e.target.disabled = false; }
+        try { await resolve(id); load(); } catch (err) { toast(err.message, "bad"); e.target.disabled = false; }
+      } }));
+    }
+    if (a.state === "resolved" && has("/api/alerts/{}", "delete")) {
+      actions.append(el("button", { type: "button", class: "delete", text: "Delete", onclick: async (e) => {
+        // the alert, its delivery log and its audio clip go for good (retention never deletes a clip)
+        if (!window.confirm(`Delete alert ${id} (${label(a.kind)} on ${a.device}), its delivery log and its audio clip? This cannot be undone.`)) return;
+        e.target.disabled = true;
+        try { await api(`/api/alerts/${encodeURIComponent(id)}`, { method: "DELETE" }); load(); } catch (err) { toast(err.message, "bad"); e.target.disabled = false; }
       } }));
     }
     const deliveries = deliveryPath(id);
@@ -87,7 +96,8 @@ export function mount(root, _params, query) {
       el("td", {}, el("a", { href: `#/device/${encodeURIComponent(a.device)}`, text: displayName(devices.get(a.device)) || a.device })),
       el("td", { text: label(a.kind) }), el("td", { text: `${fmt(a.value)} ${a.unit}` }),
       el("td", { text: `${a.threshold}` }), el("td", { text: fmt(a.worst) }),
-      el("td", {}, el("span", { class: `badge ${a.state === "open" ? "bad" : ""}`, text: a.state })),
+      el("td", {}, el("span", { class: `badge ${a.state === "open" ? "bad" : ""}`, text: a.state,
+        title: a.resolved_by ? `resolved by ${a.resolved_by}` : a.acknowledged_by ? `acknowledged by ${a.acknowledged_by}` : null })),
       el("td", { text: when(a.started) }), el("td", { text: a.ended ? when(a.ended) : "—" }), actions), detail];
   }
 

@@ -1,4 +1,5 @@
-// soundmon dashboard core: API calls, live state from /api/stream, per-frame rendering, toasts.
+// soundmon dashboard core: API calls, live state from /api/stream, per-frame rendering, toasts
+// and browser notifications.
 // Plain ES modules, no build step. The session cookie authenticates fetch() and EventSource;
 // every change also sends the session's CSRF token (from <meta name="csrf-token">).
 
@@ -258,6 +259,7 @@ function onAlertEvent(a) {
   else openAlerts.set(id, { ...openAlerts.get(id), ...a });
   if (a.state === "open") toastAlert(a);
   else updateToast(a);
+  if (["opened", "reminder", "test"].includes(a.event)) notifyBrowser(a);
   alertsChanged();
 }
 
@@ -267,6 +269,81 @@ export async function acknowledge(alertId) {
   if (openAlerts.has(id)) openAlerts.set(id, { ...openAlerts.get(id), state: "acknowledged", ...(a && a.id ? a : {}) });
   alertsChanged();
   return a;
+}
+
+/** Resolve an alert by hand (POST /api/alerts/{id}/resolve); the channels hear of it once. */
+export async function resolve(alertId) {
+  const a = await api(`/api/alerts/${encodeURIComponent(alertId)}/resolve`, { method: "POST" });
+  openAlerts.delete(String(alertId));
+  updateToast({ ...(a && a.id ? a : {}), id: alertId, state: "resolved" });
+  alertsChanged();
+  return a;
+}
+
+// ---- browser notifications ---------------------------------------------------------------------
+// Off until the user turns them on with the header's bell (a click: browsers only ask for the
+// permission on one); the choice is remembered in localStorage. Without the Notification API
+// (old browsers, some phones) or when the browser blocks it, the toasts remain.
+const NOTIFY_KEY = "soundmon.notifications";
+const notifySupported = () => typeof window.Notification === "function";
+export const notificationsOn = () =>
+  notifySupported() && Notification.permission === "granted" && localStorage.getItem(NOTIFY_KEY) === "on";
+
+function showNotifyToggle() {
+  const button = $("#notify-toggle");
+  if (!button) return;
+  if (!notifySupported()) { button.hidden = true; return; }
+  button.hidden = false;
+  const blocked = Notification.permission === "denied";
+  const on = notificationsOn();
+  button.disabled = blocked;
+  button.setAttribute("aria-pressed", String(on));
+  button.classList.toggle("on", on);
+  button.textContent = blocked ? "Notifications blocked" : on ? "Notifications on" : "Notifications off";
+  button.title = blocked
+    ? "The browser blocks notifications for this site (its site settings; or the page is not on HTTPS or localhost)."
+    : on ? "Browser notifications for new alerts and reminders: click to turn them off"
+      : "Click to get a browser notification for new alerts and reminders";
+}
+
+export async function toggleNotifications() {
+  if (!notifySupported()) return false;
+  if (notificationsOn()) {
+    localStorage.setItem(NOTIFY_KEY, "off");
+  } else {
+    let permission = Notification.permission;
+    if (permission === "default") {
+      try { permission = await Notification.requestPermission(); } catch { permission = "denied"; }
+    }
+    localStorage.setItem(NOTIFY_KEY, permission === "granted" ? "on" : "off");
+  }
+  showNotifyToggle();
+  return notificationsOn();
+}
+
+function notifyBrowser(a) {
+  if (!notificationsOn()) return;
+  const name = displayName(devices.get(a.device)) || a.device;
+  const prefix = a.event === "reminder" ? "Still open: " : a.event === "test" ? "Test: " : "";
+  try {
+    const n = new Notification(`${prefix}${name}: ${label(a.kind)}`, {
+      body: `worst ${fmt(a.worst ?? a.value)} ${a.unit} (limit ${a.threshold} ${a.unit}), ${a.severity || "warning"}`,
+      tag: `soundmon-alert-${a.id}`, // a reminder replaces the alert's earlier notification
+    });
+    n.onclick = () => {
+      window.focus();
+      location.hash = `#/alerts?device=${encodeURIComponent(a.device)}`;
+      n.close();
+    };
+  } catch (err) {
+    console.warn("browser notification not shown:", err); // e.g. Android wants a service worker
+  }
+}
+
+export function setupNotifications() {
+  const button = $("#notify-toggle");
+  if (button) button.addEventListener("click", () => toggleNotifications());
+  showNotifyToggle();
 }
 
 // ---- toasts ------------------------------------------------------------------------------------

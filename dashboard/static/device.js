@@ -1,11 +1,13 @@
 // Device page: live LAeq/LAFmax with the bounds, the current 1/3-octave spectrum, history with
-// range and zoom (served by /history at the chart's width), statistics, limits, calibration, rules.
+// range and zoom (served by /history at the chart's width), statistics, limits, its recordings
+// (recordings.js: listen, download, replay, analyse with changed rules), calibration, rules.
 import {
   FREQ_MAX_HZ, FREQ_MIN_HZ, RANGES, api, boundsFor, defaultBounds, devices, displayName, el, fmt,
   formatHz, has, isOnline, label, latestLevel, levelClass, live, onFrame, seedLive, serverNow, setDeviceBounds,
   toLocalInput, when,
 } from "./core.js";
 import { hasCharts, historyChart, liveChart, spectrumChart } from "./charts.js";
+import { recordingsPanel } from "./recordings.js";
 
 const LIVE_SPAN_S = 300;
 
@@ -46,6 +48,7 @@ export function mount(root, [id]) {
       card("Live: LAeq and LAFmax, last 5 minutes", liveBox, liveNote),
       card("Spectrum now (1/3 octave, Z-weighted)", specBox, specNote, limits)),
     card("History", el("div", { class: "range" }, ...rangeButtons, custom, reset), histBox, histNote, stats, exportLinks),
+    has("/api/recordings/{}") ? recordingsPanel(id) : null,
     el("div", { class: "two" },
       card("Calibration", calib),
       card("Alerts of this device", devAlerts, rules))));

@@ -1,6 +1,6 @@
 // soundmon dashboard entry: hash routes (#/, #/device/ID, #/alerts, #/settings[/ID]) over one
 // live stream; each page module mounts into <main> and returns its clean-up.
-import { api, connect, loadDefaultBounds, loadFeatures, mergeDevice, refreshOpenAlerts } from "./core.js";
+import { api, connect, loadDefaultBounds, loadFeatures, mergeDevice, refreshOpenAlerts, setupNotifications } from "./core.js";
 import * as alerts from "./alerts.js";
 import * as device from "./device.js";
 import * as overview from "./overview.js";
@@ -35,6 +35,7 @@ function route() {
 }
 
 async function start() {
+  setupNotifications();
   await loadFeatures();
   await loadDefaultBounds();
   try {

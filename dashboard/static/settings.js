@@ -4,6 +4,7 @@
 import {
   FLOWER_URL, api, devices, displayName, el, fmt, followTask, has, isOnline, mergeDevice,
 } from "./core.js";
+import { wouldBeAlerts } from "./recordings.js";
 
 export function mount(root, [selected]) {
   const list = el("tbody", { id: "device-rows" });
@@ -63,13 +64,25 @@ export function mount(root, [selected]) {
     el("label", {}, "Calibration offset K (dB = dBFS + K) ", k),
     el("button", { type: "submit", text: "Save" }), msg);
     editor.append(el("section", { class: "panel" }, el("h2", { text: `Settings of ${displayName(dev)}${dev.name ? ` (${id})` : ""}` }), form,
+      el("h3", { text: "Config that soundmon deploy wrote" }),
+      deployed(dev.deployed),
       el("h3", { text: "Status the device last sent" }),
-      el("p", { class: "note", text: "Includes the firmware version, sensor and sample rate that soundmon deploy configured." }),
+      el("p", { class: "note", text: "Its firmware version, sensor and sample rate as running now (a retained config message may have changed them since the deploy)." }),
       el("pre", { class: "json", text: dev.status ? JSON.stringify(dev.status, null, 2) : "no status yet" })));
     if (has("/api/devices/{}/rules", "put")) {
       editor.append(jsonEditor(`Rules of ${id}: what it changes from the defaults`, `/api/devices/${encodeURIComponent(id)}/rules`,
         (r) => r.override, 'e.g. {"level": {"max_db": 70}}; {} uses the defaults'));
     }
+  }
+
+  // what `soundmon deploy` recorded (passwords masked as ***), or how to get it recorded
+  function deployed(rec) {
+    if (!rec || !rec.config) {
+      return el("p", { class: "note", id: "deployed-config", text: "Nothing recorded: this device was not deployed with soundmon deploy on this server's data directory (or before deploys were recorded)." });
+    }
+    return el("div", { id: "deployed-config" },
+      el("p", { class: "note", text: `Deployed ${rec.t_ms ? new Date(rec.t_ms).toLocaleString() : "—"} over ${rec.port || "?"}, firmware ${rec.firmware || "?"}; passwords are not kept (*** = set).` }),
+      el("pre", { class: "json", text: JSON.stringify(rec.config, null, 2) }));
   }
 
   // edit one JSON document; pick(reply) is the part that is edited (and PUT back)
@@ -116,6 +129,7 @@ export function mount(root, [selected]) {
     const progress = el("progress", { max: "1", value: "0", hidden: true });
     const msg = el("p", { class: "note", role: "status", id: "task-status" });
     const out = el("pre", { class: "json", hidden: true, id: "task-result" });
+    const alerts = el("div"); // the alerts the rules would have raised over the file
     return el("section", { class: "panel" }, el("h2", { text: "Analyse a recording" }),
       el("p", { class: "note", text: "Upload a WAV or FLAC file: the workers measure it with the pipeline's DSP and this page follows the task to its result." }),
       el("form", { onsubmit: async (e) => {
@@ -134,8 +148,10 @@ export function mount(root, [selected]) {
           const r = task.result;
           const shown = r && typeof r === "object" ? (r.summary ?? r.stats ?? r) : (r ?? task.error);
           out.textContent = JSON.stringify(shown, null, 2).slice(0, 5000);
+          alerts.textContent = "";
+          if (r && Array.isArray(r.alerts)) alerts.append(wouldBeAlerts(r.alerts, "task-alerts"));
         } catch (err) { msg.textContent = err.message; }
-      } }, file, el("button", { type: "submit", text: "Analyse" })), progress, msg, out);
+      } }, file, el("button", { type: "submit", text: "Analyse" })), progress, msg, out, alerts);
   }
 
   renderList();

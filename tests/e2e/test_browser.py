@@ -1,9 +1,12 @@
 """The dashboard in a real browser: Debian's Chromium (headless, via Playwright) against a real
 `soundmon up --simulate 6` on free ports with its own data directory.
 
-Covers: sign-in, the live chart gaining points, an alert toast during the loud scene and its
-acknowledgement, zooming the history, exporting CSV, the alerts page and its delivery log,
-renaming a device, a WAV analysis followed to its task result, and a phone-sized overview.
+Covers: sign-in, the live chart gaining points, an alert toast during the loud scene with its
+browser notification (the Notification API spied on, the permission granted by the context)
+and its acknowledgement, resolving an alert by hand on the alerts page, zooming the history,
+exporting CSV, the alerts page and its delivery log, renaming a device, a recorded span played
+and analysed with changed rules, a WAV analysis followed to its task result, and a phone-sized
+overview.
 Screenshots of every page go to ``test-artifacts/screenshots/`` (checked to be non-empty PNGs).
 The tests run in file order on one signed-in tab.
 """
@@ -29,6 +32,7 @@ import httpx
 import numpy as np
 import pytest
 
+from soundmon.recording import iso
 from soundmon.services import free_port
 from tests.conftest import wait_until
 
@@ -117,10 +121,40 @@ def browser() -> Iterator[object]:
             b.close()
 
 
+#: Records every ``new Notification(...)`` in ``window.__notes`` and asks the real API for the
+#: permission (granted by the context), remembering the answer across reloads.
+NOTIFICATION_SPY = """
+(() => {
+  const Real = window.Notification;
+  window.__notes = [];
+  window.__noteObjects = [];
+  window.__permissionAsked = 0;
+  class SpyNotification {
+    constructor(title, options = {}) {
+      window.__notes.push({ title, body: options.body || "", tag: options.tag || "" });
+      window.__noteObjects.push(this);
+      this.onclick = null;
+    }
+    close() {}
+    static get permission() { return localStorage.getItem("spy-permission") || "default"; }
+    static async requestPermission() {
+      window.__permissionAsked += 1;
+      const answer = Real ? await Real.requestPermission() : "granted";
+      localStorage.setItem("spy-permission", answer);
+      return answer;
+    }
+  }
+  window.Notification = SpyNotification;
+})();
+"""
+
+
 @pytest.fixture(scope="module")
 def page(browser, stack: Stack) -> Iterator[object]:
     """One signed-in tab for the tests below (signing in is itself the first test)."""
-    context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True,
+                                  permissions=["notifications"])
+    context.add_init_script(NOTIFICATION_SPY)
     tab = context.new_page()
     errors: list[str] = []
     tab.on("pageerror", lambda exc: errors.append(str(exc)))
@@ -184,8 +218,16 @@ def test_live_chart_gains_points(page, stack: Stack) -> None:
 
 
 def test_alert_toast_during_loud_scene_is_acknowledged(page, stack: Stack) -> None:
-    """A loud event opens an alert: a toast appears, and its Acknowledge button acknowledges it."""
+    """With notifications turned on, a loud event opens an alert: a toast and a browser
+    notification appear, and the toast's Acknowledge button acknowledges it."""
     page.goto(f"{stack.base}/#/device/{LOUD}")
+    toggle = page.locator("#notify-toggle")
+    assert toggle.inner_text() == "Notifications off"
+    toggle.click()  # a click: browsers only ask for the permission on one
+    wait_until(lambda: toggle.get_attribute("aria-pressed") == "true", timeout=10,
+               what="notifications to turn on")
+    assert page.evaluate("window.__permissionAsked") == 1
+    assert page.evaluate("localStorage.getItem('soundmon.notifications')") == "on"
     toast = page.locator(f".toast.alert:has(button.ack):has-text('{LOUD}')").first
     acked = None
     for _ in range(4):  # an alert may resolve before the click lands: take the next one
@@ -204,6 +246,55 @@ def test_alert_toast_during_loud_scene_is_acknowledged(page, stack: Stack) -> No
         alert = api.get(f"/api/alerts/{acked}").json()
     assert alert["device"] == LOUD and alert["acknowledged_by"] == "admin"
     assert alert["state"] in ("acknowledged", "resolved")
+    # an alert that opened after notifications were turned on was also a browser notification
+    notes = wait_until(lambda: [n for n in page.evaluate("window.__notes") if LOUD in n["title"]],
+                       timeout=90, what="a browser notification for the loud device")
+    assert "level" in notes[0]["title"] and "dB(A)" in notes[0]["body"]
+    assert "worst" in notes[0]["body"] and notes[0]["tag"].startswith("soundmon-alert-")
+    page.evaluate("window.__noteObjects[window.__noteObjects.length - 1].onclick()")
+    wait_until(lambda: page.evaluate("location.hash").startswith("#/alerts?device="), timeout=10,
+               what="a click on the notification to open the alerts page")
+    assert page.errors == []
+
+
+def test_alert_resolved_by_hand_on_the_alerts_page(page, stack: Stack) -> None:
+    """The alerts page's Resolve button resolves an open alert as the signed-in user; the
+    channels get exactly one resolved message for it."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    def resolved_alert(alert_id: str) -> dict | None:
+        with stack.api() as api:
+            alert = api.get(f"/api/alerts/{alert_id}").json()
+        return alert if alert["state"] == "resolved" else None
+
+    page.goto(f"{stack.base}/#/alerts?device={LOUD}")
+    resolved = None
+    for _ in range(4):  # an alert may resolve by itself before the click lands: take the next
+        first = page.locator("#alert-rows tr[data-alert]:has(button:text-is('Resolve'))").first
+        first.wait_for(timeout=90_000)
+        alert_id = first.get_attribute("data-alert")
+        try:  # the list re-renders on every alert event: click this alert's own button
+            page.locator(f"#alert-rows tr[data-alert='{alert_id}'] button:text-is('Resolve')"
+                         ).click(timeout=5_000)
+        except PlaywrightTimeout:
+            continue  # resolved by itself meanwhile
+        alert = wait_until(lambda i=alert_id: resolved_alert(i), timeout=15, what="the resolve")
+        if alert["resolved_by"] == "admin":
+            resolved = alert
+            break
+    assert resolved is not None, "no alert could be resolved by hand while open"
+    page.wait_for_selector(f"#alert-rows tr[data-alert='{resolved['id']}'] "
+                           ".badge:text-is('resolved')", timeout=10_000)
+
+    def resolve_log() -> list[dict] | None:
+        with stack.api() as api:
+            log = api.get(f"/api/alerts/{resolved['id']}").json()["deliveries"]
+        done = {d["channel"] for d in log if d["event"] == "resolved" and d["state"] == "sent"}
+        return log if done >= {"live", "mqtt"} else None
+
+    log = wait_until(resolve_log, timeout=60, what="the resolved message on every channel")
+    channels = [d["channel"] for d in log if d["event"] == "resolved"]
+    assert sorted(channels) == sorted(set(channels))  # one resolved message per channel
     assert page.errors == []
 
 
@@ -264,6 +355,8 @@ def test_alerts_and_settings_pages(page, stack: Stack) -> None:
     shot(page, "alerts")
     page.goto(f"{stack.base}/#/settings/{STREET}")
     page.wait_for_selector("#device-form", timeout=20_000)
+    # the simulator's devices were never deployed with `soundmon deploy`: the page says so
+    assert "Nothing recorded" in page.locator("#deployed-config").inner_text()
     page.fill("#device-form input[name=name]", "Street corner")
     page.fill("#device-form input[name=location]", "lamp post 4")
     page.click("#device-form button[type=submit]")
@@ -272,6 +365,37 @@ def test_alerts_and_settings_pages(page, stack: Stack) -> None:
     page.goto(f"{stack.base}/#/")
     page.wait_for_selector(f".card[data-id='{STREET}'] .card-id:has-text('Street corner')",
                            timeout=10_000)
+    assert page.errors == []
+
+
+def test_device_recordings_play_a_span_and_analyse_it_with_changed_rules(page, stack: Stack) -> None:
+    """The device page lists recorded spans; play gives the player a WAV the server serves; the
+    last 30 s analysed with a 30 dB(A) upper bound list the level_high alert it would raise."""
+    page.goto(f"{stack.base}/#/device/{STREET}")
+    row = page.locator("#span-rows tr.span").first
+    row.wait_for(timeout=30_000)
+    assert "recorded spans" in page.locator("#spans-note").inner_text()
+    row.locator("button.play").click()
+    audio = page.locator("#span-audio")
+    src = wait_until(lambda: audio.get_attribute("src"), timeout=10, what="the player's source")
+    assert src.startswith(f"/api/recordings/{STREET}/audio?")
+    reply = page.request.get(stack.base + src)  # with the page's session cookie
+    assert reply.status == 200 and reply.headers["content-type"] == "audio/wav"
+    assert reply.body()[:4] == b"RIFF" and len(reply.body()) > 8000
+    end_ms = int(row.get_attribute("data-end"))
+    start_ms = max(int(row.get_attribute("data-start")), end_ms - 30_000)
+    page.fill("#recordings input[name=start]", iso(start_ms))
+    page.fill("#recordings input[name=end]", iso(end_ms))
+    page.fill("#span-analysis input[name=min_db]", "0")
+    page.fill("#span-analysis input[name=max_db]", "30")
+    page.click("#span-analysis button[type=submit]")
+    status = page.locator("#analysis-status")
+    wait_until(lambda: re.search(r": done|failed|Not analysed", status.inner_text()), timeout=120,
+               what="the span analysis to finish")
+    assert ": done" in status.inner_text(), status.inner_text()
+    assert page.locator("#analysis-alerts li[data-kind='level_high']").count() >= 1
+    assert page.locator("#analysis-result .stats dt:has-text('LAeq')").count() == 1
+    shot(page, "device-recordings")
     assert page.errors == []
 
 
@@ -299,6 +423,7 @@ def test_wav_analysis_is_followed_to_its_result(page, stack: Stack, tmp_path: Pa
     summary = json.loads(page.locator("#task-result").inner_text())
     assert summary["dbfs"] == pytest.approx(level_dbfs, abs=0.2)  # the workers measured our tone
     assert summary["dominant_hz"] == pytest.approx(1000, abs=20)
+    assert page.locator("#task-alerts h3").inner_text() == "Alerts these rules would have raised"
     shot(page, "task-done")
     assert page.errors == []
 

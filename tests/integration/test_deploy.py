@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from soundmon.deploy import DeployError, deploy, device_config, mpremote_argv
 from soundmon.services import soundmon_argv
+from soundmon.store import SQLiteStore
 from tests.micropython import ROOT
 from tests.replpeer import ReplPeer
 
@@ -30,14 +32,18 @@ def _exec(peer: ReplPeer, code: str) -> str:
     return done.stdout
 
 
-def test_deploy_puts_firmware_and_config_on_the_board(peer: ReplPeer) -> None:
-    """Files and config land on the board's filesystem, the firmware imports, the board resets."""
+def test_deploy_puts_firmware_and_config_on_the_board(peer: ReplPeer, tmp_path: Path) -> None:
+    """Files and config land on the board's filesystem, the firmware imports, the board resets;
+    the data directory records the config without its passwords."""
     done = subprocess.run(soundmon_argv(
         "deploy", "--port", peer.port, "--device", "kitchen", "--wifi-ssid", "lab",
         "--wifi-password", "wifi-secret", "--broker", "192.168.1.20:1884", "--sensor", "i2s",
-        "--username", "kitchen", "--password", "mqtt-secret"),
+        "--username", "kitchen", "--password", "mqtt-secret", "--data", str(tmp_path)),
         capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
+    recorded = SQLiteStore(tmp_path / "soundmon.db").device("kitchen")["deployed"]
+    assert (recorded["port"], recorded["config"]["rate"]) == (peer.port, 16000)
+    assert "secret" not in json.dumps(recorded)
     assert "ntptime is on the board" in done.stdout  # nothing missing: no mip install
     out = _exec(peer, "import os, json, machine\n"
                       "print(json.dumps({'root': sorted(os.listdir('/')),"

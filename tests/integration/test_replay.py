@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import paho.mqtt.client as mqtt
 import pytest
 import redis
 import soundfile
 from fastapi.testclient import TestClient
 
 from dashboard.app import create_app
-from soundmon.recording import Recording
+from soundmon.protocol import topic
+from soundmon.recording import Recording, iso
 from soundmon.services import Process, soundmon_argv
 from soundmon.settings import Settings
 from soundmon.simulate import simulate
@@ -98,14 +103,21 @@ def test_record_listen_to_the_alert_and_replay_it_through_the_pipeline(
     assert rec.spans("rec-00", start, end)["gaps"] == []
     assert list((rstack.data / "recordings" / "rec-00").glob("*.flac")), "no rotation into FLAC"
 
-    # the alert and its clip: cut by the clip task after the post-roll, served as WAV
+    # the alert and its clip: its beginning cut by the clip task after the post-roll; while the
+    # alert is open the page gets the audio up to a post-roll after the last loud level
     (alert,) = wait_until(lambda: store.alerts("rec-00", None, 10), what="an alert")
-    wait_until(lambda: rec.clip(alert.id), 30, what="the clip task")
+    early = wait_until(lambda: rec.clip(alert.id), 30, what="the clip task")
+    assert (early["start_ms"], early["end_ms"]) == (alert.started_ms - 2000, alert.started_ms + 2000)
+    alert = wait_until(lambda: (a := store.alert(alert.id)).last_out_ms == end and a, 30,
+                       what="the alert to reach the last frame")
+    time.sleep(max(0.0, end + 2500 - time.time() * 1000) / 1000)  # until the post-roll is past
     r = api.get(f"/api/alerts/{alert.id}/clip", headers=AUTH)
     assert r.status_code == 200 and r.headers["content-type"] == "audio/wav"
-    assert json.loads(r.headers["x-soundmon-clip"])["final"] is True
+    assert json.loads(r.headers["x-soundmon-clip"])["final"] is False
     clip, rate = soundfile.read(io.BytesIO(r.content), dtype="int16")
-    assert rate == 8000 and clip.size == 4 * 8000  # 2 s pre-roll + 2 s post-roll
+    # 2 s pre-roll + the alert + 2 s post-roll, of which nothing was recorded (the device stopped)
+    assert rate == 8000 and clip.size == (end + 2000 - alert.started_ms + 2000) * 8
+    assert json.loads(r.headers["x-soundmon-gaps"])[-1] == [iso(end), iso(end + 2000)]
     clip_bytes = len(r.content)
     part = api.get(f"/api/alerts/{alert.id}/clip", headers={**AUTH, "Range": "bytes=0-99"})
     assert part.status_code == 206 and part.content == r.content[:100]
@@ -161,6 +173,25 @@ def test_record_listen_to_the_alert_and_replay_it_through_the_pipeline(
                    json={"start": str(start), "end": str(end), "rules": {"level": {"max": 1}}})
     assert bad.status_code == 422 and "level.max" in bad.json()["detail"]
 
+    # the device comes back quiet (for its new rules): the alert resolves, and the clip task
+    # cuts the whole clip, pre-roll before it opened to post-roll after it resolved
+    store.set_rule_set("rec-00", {"level": {"min_db": 0, "max_db": 120, "resolve_s": 1}})
+    simulate(1, "127.0.0.1", rstack.mqtt_port, scene="street", frames=10, device_prefix="rec",
+             seed=4)
+    ended = wait_until(lambda: store.alert(alert.id).ended_ms, 60, what="the alert to resolve")
+    final = wait_until(lambda: (c := rec.clip(alert.id)) and c["end_ms"] == ended + 2000 and c,
+                       60, what="the final clip")
+    assert final["start_ms"] == alert.started_ms - 2000
+    r = api.get(f"/api/alerts/{alert.id}/clip", headers=AUTH)
+    assert json.loads(r.headers["x-soundmon-clip"])["final"] is True
+    assert soundfile.info(io.BytesIO(r.content)).frames == (ended - alert.started_ms + 4000) * 8
+    print(f"alert {alert.id} resolved at {ended}: final clip "
+          f"{(ended - alert.started_ms + 4000) / 1000:.1f} s with gaps {final['gaps']}")
+
+    # deleting the alert deletes its clip; retention alone never does
+    assert api.delete(f"/api/alerts/{alert.id}", headers=AUTH).status_code == 204
+    assert rec.clip(alert.id) is None and not final["path"].exists()
+
 
 def _test_wav(path: Path, rate: int = 16000, seconds: int = 8) -> bytes:
     """Noise with a 120 Hz hum and a louder middle: low frequencies test the filter state."""
@@ -211,3 +242,38 @@ def test_a_file_gives_the_same_levels_analysed_uploaded_or_replayed(
     assert not list((rstack.data / "uploads").iterdir())
     assert redis.Redis(port=rstack.redis_port).keys("soundmon:task:*") == keys
     assert api.get("/api/tasks/no-such-task", headers=AUTH).status_code == 404
+
+
+def test_ctrl_c_stops_a_replay_cleanly(mosquitto: int, tmp_path: Path) -> None:
+    """SIGINT mid-run: exit 0, a 'stopped' summary, the device goes offline, no traceback."""
+    _test_wav(tmp_path / "long.wav", rate=8000, seconds=60)
+    frames: list[bytes] = []
+    status: list[dict] = []
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="ctrl-c-watcher")
+    sub.on_message = lambda c, u, m: (frames if m.topic.endswith("/frame") else status).append(
+        m.payload if m.topic.endswith("/frame") else json.loads(m.payload))
+    sub.connect("127.0.0.1", mosquitto)
+    sub.subscribe([(topic("replay-long", "frame"), 1), (topic("replay-long", "status"), 1)])
+    sub.loop_start()
+    env = {**os.environ, "SOUNDMON_DATA": str(tmp_path / "data"), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(soundmon_argv("replay", str(tmp_path / "long.wav"), "--broker",
+                                          f"127.0.0.1:{mosquitto}"),
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: len(frames) >= 2, 60, what="the replay's first frames")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        sub.loop_stop()
+        sub.disconnect()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "Aborted" not in err, err
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["stopped"] is True and summary["total"] == 60
+    assert 2 <= summary["frames"] == summary["acked"] < 60
+    assert f"replay: stopped after {summary['frames']} of 60 frames" in err
+    wait_until(lambda: status and status[-1]["state"] == "offline", 10,
+               what="the retained offline status")

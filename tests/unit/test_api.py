@@ -410,7 +410,8 @@ def test_alerts_filters_and_shape(client, store):
     assert [a["device"] for a in everything] == ["kitchen", "hall"]
     assert set(everything[0]) == {"id", "device", "kind", "state", "value", "threshold", "unit",
                                   "started", "ended", "worst", "rule", "severity", "duration_s",
-                                  "acknowledged_by", "acknowledged", "frames", "quiet_hours"}
+                                  "acknowledged_by", "acknowledged", "resolved_by", "frames",
+                                  "quiet_hours"}
     opened = client.get("/api/alerts", headers=AUTH, params={"state": "open"}).json()
     assert [(a["device"], a["ended"]) for a in opened] == [("kitchen", None)]
     assert opened[0]["started"] == "2026-01-01T00:00:10.000Z"

@@ -10,7 +10,7 @@ import pytest
 import soundfile
 
 from soundmon.protocol import KIND_PCM, decode_frame, encode_frame
-from soundmon.recording import Recording, RecordingError, parse_time, plan_retention
+from soundmon.recording import Recording, RecordingError, clip_window, parse_time, plan_retention
 
 RATE, N = 8000, 4000  # 500 ms frames
 T0 = 1_700_000_000_000
@@ -100,19 +100,60 @@ def test_retention_deletes_the_oldest_segments_first_down_to_the_budget() -> Non
     assert [s["id"] for s in aged["segments"]] == [1, 2]  # ended more than an hour ago
 
 
-def test_retention_never_deletes_audio_or_the_clip_of_an_open_alert() -> None:
-    """A segment an open alert's clip needs and that clip stay, even far over the budget."""
-    segs = [_seg(1, T0), _seg(2, T0 + 60_000)]
+def test_retention_never_deletes_audio_an_alert_needs_or_any_clip() -> None:
+    """Far over the budget, protected segments and every clip of an existing alert stay."""
+    segs = [_seg(1, T0), _seg(2, T0 + 60_000), _seg(3, T0 + 200_000)]
     clips = [{"alert_id": 5, "device": "d", "created_ms": T0, "bytes": 50, "path": "c5"},
              {"alert_id": 6, "device": "d", "created_ms": T0 + 1, "bytes": 50, "path": "c6"}]
-    window = [("d", T0 + 50_000, T0 + 70_000)]  # open alert 5 straddles both segments
+    window = [("d", T0 + 50_000, T0 + 70_000)]  # open alert 5 straddles segments 1 and 2
     plan = plan_retention(segs, clips, T0 + 10**9, 1, 0, window, {5}, {5, 6})
-    assert plan["segments"] == []
-    assert [c["alert_id"] for c in plan["clips"]] == [6]  # resolved, and over budget
-    # the clip of an alert that no longer exists goes at once; of a resolved one only for space
+    assert [s["id"] for s in plan["segments"]] == [3]
+    assert plan["clips"] == []  # resolved alert 6 keeps its clip too: only deleting it deletes it
+    assert (plan["clip_bytes"], plan["bytes_after"]) == (100, 300)
+
+
+def test_retention_deletes_the_clip_of_a_deleted_alert_only() -> None:
+    """A clip whose alert no longer exists goes at once; the clips of live alerts never."""
+    clips = [{"alert_id": 5, "device": "d", "created_ms": T0, "bytes": 50, "path": "c5"},
+             {"alert_id": 6, "device": "d", "created_ms": T0 + 1, "bytes": 50, "path": "c6"}]
     plan = plan_retention([], clips, T0, 3600, 10**9, [], {5}, {5})
-    assert [c["alert_id"] for c in plan["clips"]] == [6]
-    assert plan_retention([], clips, T0, 3600, 10**9, [], set(), {5, 6})["clips"] == []
+    assert [c["alert_id"] for c in plan["clips"]] == [6] and plan["clip_bytes"] == 50
+    assert plan_retention([], clips, T0, 3600, 10**9, [], set(), None)["clips"] == []
+
+
+def test_clips_over_the_budget_leave_no_room_for_segments() -> None:
+    """Clips count against the budget: when they alone exceed it, every free segment goes."""
+    clips = [{"alert_id": 5, "device": "d", "created_ms": T0, "bytes": 500, "path": "c5"}]
+    plan = plan_retention([_seg(1, T0), _seg(2, T0 + 60_000)], clips, T0 + 120_000, 3600, 400,
+                          [], set(), {5})
+    assert [s["id"] for s in plan["segments"]] == [1, 2] and plan["clips"] == []
+    assert plan["clip_bytes"] == 500 > 400
+
+
+def test_the_clip_runs_from_the_preroll_to_the_postroll_after_the_alert_ended() -> None:
+    """Resolved: pre-roll before the opening to post-roll after the end; open: after the last
+    level out of bounds; a window over the maximum keeps its beginning."""
+    assert clip_window(T0, T0 + 20_000, T0 + 15_000, 10_000, 10_000, 600_000) == (
+        T0 - 10_000, T0 + 30_000)
+    assert clip_window(T0, None, T0 + 15_000, 10_000, 10_000, 600_000) == (
+        T0 - 10_000, T0 + 25_000)
+    assert clip_window(T0, None, None, 10_000, 10_000, 600_000) == (T0 - 10_000, T0 + 10_000)
+    assert clip_window(T0, T0 + 3_600_000, None, 10_000, 10_000, 600_000) == (
+        T0 - 10_000, T0 + 590_000)
+
+
+def test_the_workers_cut_the_beginning_while_open_and_the_whole_clip_once_resolved() -> None:
+    """The clip task's window: opening + post-roll while unresolved, then the whole alert."""
+    from soundmon.settings import Settings
+    from soundmon.store import Alert
+    from workers.recordtasks import alert_clip_window
+
+    s = Settings(clip_preroll_s=10, clip_postroll_s=10, clip_max_s=600)
+    alert = Alert(id=1, device="d", kind="level_high", state="open", value=90, threshold=80,
+                  unit="dB(A)", started_ms=T0, ended_ms=None, worst=95, last_out_ms=T0 + 40_000)
+    assert alert_clip_window(alert, s) == (T0 - 10_000, T0 + 10_000)
+    alert.state, alert.ended_ms = "resolved", T0 + 45_000
+    assert alert_clip_window(alert, s) == (T0 - 10_000, T0 + 55_000)
 
 
 def test_enforce_retention_removes_files_and_index_rows(tmp_path: Path) -> None:
@@ -130,6 +171,9 @@ def test_enforce_retention_removes_files_and_index_rows(tmp_path: Path) -> None:
     assert not any(f.exists() for f in files)
     assert rec.frame_rows("d", T0, T0 + 10_000) == []
     assert rec.clip(5) is not None and rec.clip(5)["path"].exists()
+    path = rec.clip(5)["path"]
+    assert rec.delete_clip(5) and not path.exists() and rec.clip(5) is None
+    assert not rec.delete_clip(5)
 
 
 def test_a_clip_holds_the_window_with_its_gaps(tmp_path: Path) -> None:
@@ -217,3 +261,77 @@ def test_a_recording_replays_with_its_times_and_restarts_at_gaps(tmp_path: Path)
     assert [f.t0_ms for f in frames] == [T0, T0 + 500, T0 + 1000, T0 + 2500, T0 + 3000,
                                          T0 + 10_000]
     assert [f.restart for f in frames] == [False, False, False, True, False, True]
+
+
+# ---- the clip and the deletion of an alert through the API -----------------------------------
+def _alert_row(store_path: Path, started_ms: int, ended_ms: int | None,
+               last_out_ms: int | None) -> int:
+    """Write an alert row as the analyser would (plain SQL, with how far it reached)."""
+    import sqlite3
+
+    db = sqlite3.connect(store_path)
+    with db:
+        cur = db.execute(
+            "INSERT INTO alerts (device, kind, state, value, threshold, unit, started_ms, "
+            "ended_ms, worst, last_out_ms) VALUES ('d', 'level_high', ?, 84, 80, 'dB(A)', ?, ?, "
+            "85, ?)", ("open" if ended_ms is None else "resolved", started_ms, ended_ms,
+                       last_out_ms))
+    db.close()
+    return cur.lastrowid or 0
+
+
+def test_the_clip_route_serves_the_window_so_far_then_the_final_clip(tmp_path: Path) -> None:
+    """Open: cut on the fly to post-roll after the last loud level; resolved and cut: the clip."""
+    import json
+
+    from soundmon.store import SQLiteStore
+    from tests.unit.test_api import AUTH, make_client
+
+    store = SQLiteStore(tmp_path / "soundmon.db")
+    rec = Recording(tmp_path)
+    rec.record(_batch("d", range(80)))  # 40 s from T0
+    alert_id = _alert_row(store.path, T0 + 12_000, None, T0 + 15_000)
+    with make_client(tmp_path, store) as client:
+        r = client.get(f"/api/alerts/{alert_id}/clip", headers=AUTH)
+        assert r.status_code == 200 and json.loads(r.headers["x-soundmon-clip"])["final"] is False
+        assert soundfile.info(io.BytesIO(r.content)).frames == 23 * RATE  # T0+2 s .. T0+25 s
+        _resolve(store.path, alert_id, T0 + 20_000)
+        rec.cut_clip(alert_id, "d", T0 + 2_000, T0 + 30_000)
+        r = client.get(f"/api/alerts/{alert_id}/clip", headers=AUTH)
+        window = json.loads(r.headers["x-soundmon-clip"])
+        assert window["final"] is True and soundfile.info(io.BytesIO(r.content)).frames == 28 * RATE
+
+
+def test_deleting_an_alert_deletes_its_events_deliveries_and_clip(tmp_path: Path) -> None:
+    """DELETE /api/alerts/{id}: 204 and all of it gone; 409 while unresolved; 404 unknown."""
+    from soundmon.store import SQLiteStore
+    from tests.unit.test_api import AUTH, make_client
+
+    store = SQLiteStore(tmp_path / "soundmon.db")
+    rec = Recording(tmp_path)
+    rec.record(_batch("d", range(10)))
+    done = _alert_row(store.path, T0 + 1_000, T0 + 3_000, T0 + 2_000)
+    still_open = _alert_row(store.path, T0 + 4_000, None, T0 + 5_000)
+    for alert_id in (done, still_open):
+        event = store.add_alert_event(alert_id, "opened")
+        store.plan_deliveries(event, ["live", "channel:1"])
+        rec.cut_clip(alert_id, "d", T0, T0 + 5_000)
+    clip_path = rec.clip(done)["path"]
+    with make_client(tmp_path, store) as client:
+        r = client.delete(f"/api/alerts/{still_open}", headers=AUTH)
+        assert r.status_code == 409 and "resolve it first" in r.json()["detail"]
+        assert client.delete(f"/api/alerts/{done}", headers=AUTH).status_code == 204
+        assert client.get(f"/api/alerts/{done}", headers=AUTH).status_code == 404
+        assert client.delete(f"/api/alerts/{done}", headers=AUTH).status_code == 404
+    assert store.alert(done) is None and store.deliveries(done) == []
+    assert rec.clip(done) is None and not clip_path.exists()
+    assert len(store.deliveries(still_open)) == 2 and rec.clip(still_open) is not None
+
+
+def _resolve(store_path: Path, alert_id: int, ended_ms: int) -> None:
+    import sqlite3
+
+    db = sqlite3.connect(store_path)
+    with db:
+        db.execute("UPDATE alerts SET state='resolved', ended_ms=? WHERE id=?", (ended_ms, alert_id))
+    db.close()

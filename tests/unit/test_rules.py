@@ -68,6 +68,50 @@ def test_no_flapping_inside_the_hysteresis_band(wobble, band, cut, window_s):
     assert [a.kind for a in opened] == ["level_high"] and resolved == []
 
 
+@settings(max_examples=150, deadline=None)
+@given(wobble=st.lists(st.one_of(st.floats(60.0, 60.99), st.floats(20.0, 60.0)), min_size=1,
+                      max_size=200),
+       band=st.lists(st.floats(60.0, 60.99), min_size=1, max_size=60), cut=cuts,
+       window_s=st.sampled_from([0.0, 5.0]))
+def test_no_flapping_inside_the_hysteresis_band_on_the_low_side(wobble, band, cut, window_s):
+    """Once open, a level wobbling in [min, min + hysteresis) or below never resolves or reopens
+    level_low (the mirror of the high side)."""
+    wobble = band + wobble + band
+    r = RuleSet(level=LevelRule(window_s=window_s))
+    opened, resolved = run_batches([40.0] * OPEN_FRAMES + wobble, r, cut)
+    assert [a.kind for a in opened] == ["level_low"] and resolved == []
+
+
+def test_an_excursion_resolved_by_hand_is_held_until_it_ends():
+    """After a manual resolve (the alert leaves the open set) the same excursion opens nothing
+    and resolves nothing; once back inside for resolve_s, the next excursion alerts again."""
+    loud = [lv(i, 90.0) for i in range(OPEN_FRAMES + 2)]
+    out = analyse("d", loud, -1, {}, {}, PER_FRAME, 0)
+    (first,) = out.opened
+    first.id = 1
+    # resolved by hand: the next call no longer sees it open, and the level stays loud
+    n = len(loud)
+    still_loud = [lv(n + i, 95.0) for i in range(3 * OPEN_FRAMES)]
+    out = analyse("d", still_loud, -1, out.state, {}, PER_FRAME, 0)
+    assert out.opened == [] and out.resolved == []
+    n += len(still_loud)
+    # inside by the hysteresis, but not for resolve_s: a loud stretch now is still the same one
+    out = analyse("d", [lv(n + i, 70.0) for i in range(RESOLVE_FRAMES - 2)]
+                  + [lv(n + RESOLVE_FRAMES - 2 + i, 95.0) for i in range(OPEN_FRAMES + 1)],
+                  -1, out.state, {}, PER_FRAME, 0)
+    assert out.opened == [] and out.resolved == []
+    n += RESOLVE_FRAMES - 2 + OPEN_FRAMES + 1
+    # inside for resolve_s ends the held excursion silently; the next one opens a new alert
+    quiet = [lv(n + i, 70.0) for i in range(RESOLVE_FRAMES)]
+    out = analyse("d", quiet, -1, out.state, {}, PER_FRAME, 0)
+    assert out.opened == [] and out.resolved == []
+    n += RESOLVE_FRAMES
+    out = analyse("d", [lv(n + i, 90.0) for i in range(OPEN_FRAMES)], -1, out.state, {},
+                  PER_FRAME, 0)
+    assert [a.kind for a in out.opened] == ["level_high"]
+    assert out.opened[0].started_ms == T0 + FRAME_MS * n
+
+
 excursion = st.tuples(st.lists(st.floats(80.5, 110.0), min_size=OPEN_FRAMES, max_size=30),
                       st.integers(0, 20))
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import sqlite3
+
 import pytest
 
 from soundmon import notifiers
 from soundmon.store import SQLiteStore
+from tests.conftest import wait_until
+from tests.receivers import MqttListener
 from tests.unit.test_api import AUTH, T0, FakeRedis, make_client
 from workers.analysis import analyse
 from workers.rules import LevelRule, RuleSet
@@ -168,6 +172,127 @@ def test_ack_lifecycle(client, store, redis_fake):
     assert client.post("/api/alerts/999/ack", headers=AUTH).status_code == 404
     listed = client.get("/api/alerts", headers=AUTH, params={"state": "acknowledged"}).json()
     assert [a["id"] for a in listed] == [alert_id]
+
+
+@pytest.fixture
+def notified(monkeypatch) -> list[list[int]]:
+    """The event ids the API hands to the notify queue (no broker here)."""
+    from dashboard.routes import alerts
+
+    sent: list[list[int]] = []
+    monkeypatch.setattr(alerts, "send_notify",
+                        lambda settings, alert_id, ids: sent.append(list(ids)))
+    return sent
+
+
+def test_resolve_by_hand_lifecycle(client, store, notified):
+    """open -> resolved by hand (who, when), announced once through the notify queue; a second
+    resolve is 409, an unknown id 404; an acknowledged alert can be resolved too."""
+    alert_id = open_alert(store)
+    r = client.post(f"/api/alerts/{alert_id}/resolve", headers=AUTH, json={"by": "night-shift"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["state"], body["resolved_by"]) == ("resolved", "night-shift")
+    assert body["ended"].endswith("Z")
+    (event_id,), = notified
+    assert store.alert_event(event_id)["event"] == "resolved"
+    assert [e["event"] for e in _events(store, alert_id)] == ["opened", "resolved"]
+    again = client.post(f"/api/alerts/{alert_id}/resolve", headers=AUTH)
+    assert again.status_code == 409 and "night-shift" in again.json()["detail"]
+    assert client.post(f"/api/alerts/{alert_id}/ack", headers=AUTH).status_code == 409
+    assert client.post("/api/alerts/999/resolve", headers=AUTH).status_code == 404
+    assert len(notified) == 1
+    other = open_alert(store, "hall")
+    assert client.post(f"/api/alerts/{other}/ack", headers=AUTH).status_code == 200
+    r = client.post(f"/api/alerts/{other}/resolve", headers=AUTH)
+    assert (r.json()["state"], r.json()["resolved_by"], r.json()["acknowledged_by"]) == \
+        ("resolved", "api", "api")
+
+
+def _events(store: SQLiteStore, alert_id: int) -> list[dict]:
+    with sqlite3.connect(store.path) as db:
+        db.row_factory = sqlite3.Row
+        rows = [dict(r) for r in db.execute("SELECT * FROM alert_events WHERE alert_id=? "
+                                            "ORDER BY id", (alert_id,))]
+    db.close()
+    return rows
+
+
+def test_resolve_with_the_queue_down_keeps_the_event_for_the_workers(client, store, monkeypatch):
+    """The broker refuses: the resolve still stands, and its event waits in the outbox, unplanned,
+    for the analyze task's resend of stale events."""
+    from dashboard.routes import alerts
+
+    def down(settings, alert_id, ids):
+        raise ConnectionRefusedError("broker down")
+
+    monkeypatch.setattr(alerts, "send_notify", down)
+    alert_id = open_alert(store)
+    r = client.post(f"/api/alerts/{alert_id}/resolve", headers=AUTH)
+    assert r.status_code == 200 and r.json()["state"] == "resolved"
+    resolved = [e for e in _events(store, alert_id) if e["event"] == "resolved"]
+    assert len(resolved) == 1 and resolved[0]["planned"] == 0
+    assert resolved[0]["id"] in store.unplanned_events(2**62)
+
+
+def test_analysis_neither_reopens_nor_resolves_again_after_a_resolve_by_hand(store):
+    """The level stays loud after a manual resolve: no new alert, no second resolved event; the
+    next excursion (after resolve_s back inside) opens a new alert."""
+    rules = RuleSet(level=LevelRule(window_s=0))
+
+    def frames(first: int, values: list[float]) -> list[dict]:
+        return [{"device": "kitchen", "boot": 1, "seq": first + i, "idx": 0,
+                 "t_ms": T0 + 500 * (first + i), "kind": 1, "rate": 8000, "n": 4000,
+                 "laeq": v, "dominant_hz": 250.0, "flags": 0} for i, v in enumerate(values)]
+
+    def run(first: int, values: list[float]):
+        return store.run_analysis("kitchen", lambda h, s, o: analyse(
+            "kitchen", frames(first, values), h, s, o, rules, 0))
+
+    alert_id = open_alert(store)  # frames 0-5 at 90 dB(A)
+    alert, why, _ = store.resolve(alert_id, "night-shift")
+    assert why == "ok"
+    loud = run(6, [95.0] * 20)
+    assert (loud.opened, loud.resolved, loud.events) == ([], [], [])
+    quiet = run(26, [70.0] * 12)  # back inside for 6 s: would have resolved it
+    assert (quiet.opened, quiet.resolved, quiet.events) == ([], [], [])
+    assert [e["event"] for e in _events(store, alert_id)] == ["opened", "resolved"]
+    assert store.alert(alert_id).resolved_by == "night-shift"
+    again = run(38, [90.0] * 5)
+    assert [a.kind for a in again.opened] == ["level_high"] and len(again.events) == 1
+
+
+def test_test_notification_to_the_builtin_and_a_stored_mqtt_channel(tmp_path, store, mosquitto):
+    """channel 'mqtt': protocol.md's alert message with event=test on soundmon/v1/+/alert of
+    soundmon's own broker; a stored mqtt channel gets the webhook body on its own topic."""
+    builtin = MqttListener(mosquitto, "soundmon/v1/+/alert")
+    own = MqttListener(mosquitto, "ops/#", client_id="test-own-topic")
+    try:
+        with make_client(tmp_path, store, PubRedis(), mqtt_port=mosquitto) as c:
+            r = c.post("/api/notifications/test", headers=AUTH, json={"channel": "mqtt"})
+            assert r.status_code == 200, r.text
+            assert r.json() == {"ok": True, "channel": "mqtt",
+                                "topic": "soundmon/v1/soundmon-test/alert"}
+            ch = c.post("/api/channels", headers=AUTH, json={
+                "kind": "mqtt", "host": "127.0.0.1", "port": mosquitto,
+                "topic": "ops/{device}"}).json()
+            r = c.post("/api/notifications/test", headers=AUTH, json={"channel": ch["id"]})
+            assert r.status_code == 200, r.text
+        (msg,) = wait_until(lambda: builtin.messages, timeout=10, what="the built-in message")
+        assert (msg["event"], msg["device"], msg["state"]) == ("test", "soundmon-test", "open")
+        (body,) = wait_until(lambda: own.messages, timeout=10, what="the channel's message")
+        assert (body["event"], body["alert"]["device"]) == ("test", "soundmon-test")
+    finally:
+        builtin.close()
+        own.close()
+
+
+def test_test_notification_to_an_unreachable_builtin_mqtt_is_502(client):
+    """No broker on the settings' port: 502 naming the built-in mqtt channel and the reason."""
+    r = client.post("/api/notifications/test", headers=AUTH, json={"channel": "mqtt"})
+    assert r.status_code == 502 and "built-in mqtt channel" in r.json()["detail"]
+    bad = client.post("/api/notifications/test", headers=AUTH, json={"channel": "pigeon"})
+    assert bad.status_code == 422 and "'mqtt'" in bad.json()["detail"]
 
 
 def test_alert_json_records_frames_worst_and_duration(client, store):
