@@ -157,16 +157,21 @@ class Gateway:
             return 0  # the send below finds out whether the broker is there
 
     def sweep_backlog(self) -> int:
-        """Tasks ready in the preprocess queue, on either broker (0 if unknown); the sweep asks
-        this only when some batch is overdue, so a RabbitMQ round trip here is rare."""
-        if self._broker is not None:
-            return self.queued_tasks()
+        """Tasks ready in the preprocess and analyze queues (a batch's store step waits in the
+        latter), on either broker (0 if unknown); the sweep asks this only when some batch is
+        overdue, so a RabbitMQ round trip here is rare."""
+        queues = (tasknames.PREPROCESS_QUEUE, tasknames.ANALYZE_QUEUE)
         try:
+            if self._broker is not None:
+                pipe = self._broker.pipeline(transaction=False)
+                for q in queues:
+                    pipe.llen(q)
+                return sum(int(n) for n in pipe.execute())
             with self.celery.connection_for_read() as conn:
-                ok = conn.default_channel.queue_declare(tasknames.PREPROCESS_QUEUE, passive=True)
-                return int(ok.message_count)
+                return sum(int(conn.default_channel.queue_declare(q, passive=True).message_count)
+                           for q in queues)
         except Exception as exc:  # noqa: BLE001 - unknown backlog: sweep, duplicates are harmless
-            log.debug("could not read the preprocess queue depth: %s", exc)
+            log.debug("could not read the queue depths: %s", exc)
             return 0
 
     def flush_loop(self) -> None:

@@ -13,13 +13,14 @@ So a Celery message never is the only copy of a batch:
    means, and only after it are the frames acknowledged to MQTT;
 2. it then sends a ``preprocess`` task that carries only the batch id (a few dozen bytes,
    where the frames themselves would be base64-encoded twice on the way through kombu);
-3. the worker reads the batch, stores its levels, and deletes it (``done``);
+3. a preprocess worker reads the batch (``take``) and hands its levels to the store step,
+   which stores them and only then deletes the batch (``done``);
 4. ``sweep`` (run by the gateways, one at a time under a short lock) sends a task again for
    every batch past its due time, whichever way its task was lost: a killed consumer, a
    broker crash, a RabbitMQ node that lost a message. It waits while tasks queue in the
-   broker (the overdue batch is most likely among them), and each re-send doubles the time to
-   the next one (up to 64 x ``redeliver_s``), so workers that are down for an hour cost a
-   handful of duplicate task messages per batch, not one per sweep.
+   broker, preprocess or store tasks (the overdue batch is most likely among them), and each
+   re-send doubles the time to the next one (up to 64 x ``redeliver_s``), so workers that are
+   down for an hour cost a handful of duplicate task messages per batch, not one per sweep.
 5. A batch that the workers keep failing on (a poison batch) is moved aside to ``DEAD_KEY``
    after ``max_tries`` attempts and counted (``stats()["given_up"]``), never retried forever.
 

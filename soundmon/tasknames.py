@@ -13,6 +13,10 @@ NOTIFY_QUEUE = "notify"
 
 PREPROCESS = "soundmon.preprocess"  # args: [batch id in soundmon.handoff, or the frames:
 #                                      a list of [device, recv_ms, payload]]
+#: args: [batch id or None, relative level rows (lists in soundmon.store.LEVEL_COLUMNS order,
+#: K = 0), and the frames themselves when there is no batch id]: calibrate, store, announce,
+#: record the audio, check the rules (on the store's host; docs/deploy.md)
+STORE = "soundmon.store"
 ANALYZE = "soundmon.analyze"  # args: [levels]; levels: list of level dicts
 DEVICE_STATUS = "soundmon.device_status"  # args: [device, status dict, recv_ms]
 RECORDING_UPKEEP = "soundmon.recording_upkeep"  # no args: rotate into FLAC, enforce retention
@@ -25,6 +29,7 @@ REMIND = "soundmon.remind"  # args: [alert id, n]; sent with countdown = the rem
 
 ROUTES = {
     PREPROCESS: {"queue": PREPROCESS_QUEUE},
+    STORE: {"queue": ANALYZE_QUEUE},
     ANALYZE: {"queue": ANALYZE_QUEUE},
     DEVICE_STATUS: {"queue": ANALYZE_QUEUE},
     RECORDING_UPKEEP: {"queue": RECORDING_QUEUE},

@@ -1,9 +1,11 @@
 """The Celery app: thin tasks over the pure preprocess and analysis modules.
 
 Two queues, two worker processes (the user's design): ``soundmon worker preprocess`` computes
-levels from raw frames, ``soundmon worker analyze`` checks bounds and raises alerts. Tasks
-are idempotent (see soundmon.store and workers.analysis), acknowledged late, and retried
-with backoff on infrastructure errors; a batch is never half-applied.
+levels from raw frames (the DSP; it needs only the brokers, so it runs on any host),
+``soundmon worker analyze`` calibrates and stores them, checks bounds and raises alerts (it
+needs the store, so it runs on the store's host). Tasks are idempotent (see soundmon.store
+and workers.analysis), acknowledged late, and retried with backoff on infrastructure
+errors; a batch is never half-applied.
 """
 
 from __future__ import annotations
@@ -21,10 +23,10 @@ from celery import signals
 from soundmon import events, tasknames
 from soundmon.celeryconf import make_celery
 from soundmon.settings import get_settings
-from soundmon.store import LevelRow, now_ms
+from soundmon.store import LEVEL_COLUMNS, LevelRow, now_ms
 from workers import kernels, outputs, rules, streamstate
 from workers.analysis import analyse
-from workers.preprocess import decode_batch, process_batch, state_keys_needed
+from workers.preprocess import calibrate_rows, decode_batch, relative_batch, state_keys_needed
 
 log = logging.getLogger("soundmon.workers")
 
@@ -66,35 +68,61 @@ def _live(row: LevelRow) -> dict[str, Any]:
 
 @app.task(name=tasknames.PREPROCESS, **RETRY)
 def preprocess(batch: str | list[list[Any]]) -> int:
-    """Levels for a batch: store, publish, hand to analyze.
+    """The DSP of a batch: relative levels (K = 0), handed to the store step; returns how many.
 
-    ``batch`` is the id of a batch in the handoff ledger (what the gateway sends; the batch is
-    forgotten there once its levels are stored), or the ``[device, recv_ms, frame bytes]``
-    entries themselves (a producer without the ledger).
+    It needs nothing but the brokers (the ledger and the stream states are in Redis), so
+    preprocess workers run on any host (docs/deploy.md). ``batch`` is the id of a batch in the
+    handoff ledger (what the gateway sends; the store step forgets it there once its levels
+    are stored), or the ``[device, recv_ms, frame bytes]`` entries themselves (a producer
+    without the ledger).
     """
     batch_id = batch if isinstance(batch, str) else None
+    entries: list[list[Any]] | None = None if batch_id is not None else batch  # type: ignore[assignment]
     if batch_id is not None:
-        found = outputs.handoff().take(batch_id)
-        if found is None:  # stored already (a redelivered or re-sent task), or given up
+        entries = outputs.handoff().take(batch_id)
+        if entries is None:  # stored already (a redelivered or re-sent task), or given up
             return 0
-        batch = found
-    new = _preprocess_entries(batch)
-    if batch_id is not None:
-        outputs.handoff().done(batch_id)
-    return new
-
-
-def _preprocess_entries(batch: list[list[Any]]) -> int:
-    store = outputs.store()
-    decoded = decode_batch(batch)
+    decoded = decode_batch(entries or [])
     if not decoded:
+        if batch_id is not None:
+            outputs.handoff().done(batch_id)  # nothing in it to store
         return 0
-    recordtasks.record(decoded)  # raw audio of recorded devices, before anything is announced
-    cal = store.calibrations({d for d, _, _ in decoded})
-    states = streamstate.load(outputs.redis_client(), state_keys_needed(decoded))
-    rows, new_states = process_batch(decoded, cal, states)
+    client = outputs.redis_client()
+    rows, new_states = relative_batch(decoded, streamstate.load(client, state_keys_needed(decoded)))
     # states first: once a level is visible, the stream can be continued from it
-    streamstate.save(outputs.redis_client(), new_states)
+    streamstate.save(client, new_states)
+    # argsrepr: otherwise Celery builds a repr of every level for its logs
+    app.send_task(tasknames.STORE, args=[batch_id, [row_values(r) for r in rows],
+                                         None if batch_id is not None else entries],
+                  argsrepr=f"[{batch_id!r}, {len(rows)} levels]")
+    return len(rows)
+
+
+def row_values(row: LevelRow) -> list[Any]:
+    """A level row as it travels in a task message (``LEVEL_COLUMNS`` order)."""
+    return [getattr(row, c) for c in LEVEL_COLUMNS]
+
+
+@app.task(name=tasknames.STORE, **RETRY)
+def store_levels(batch_id: str | None, values: list[list[Any]],
+                 entries: list[list[Any]] | None = None) -> int:
+    """Calibrate, record, store, announce and analyse a batch's levels; returns how many were new.
+
+    This is the step that needs the store (the device registry, calibration, alerts, the
+    recordings), so it runs on the store's host, in the analyze worker. A batch in the
+    handoff ledger is forgotten there only now, once its levels are stored: a task lost
+    anywhere between the gateway and here is sent again by the gateways' sweep.
+    """
+    ledger = outputs.handoff()
+    if batch_id is not None:
+        entries = ledger.get(batch_id)
+        if entries is None:  # stored already: a task sent twice
+            return 0
+    store = outputs.store()
+    rows = [LevelRow(*v) for v in values]
+    if entries:
+        recordtasks.record(decode_batch(entries))  # raw audio, before anything is announced
+    calibrate_rows(rows, store.calibrations({r.device for r in rows}))
     new = store.insert_levels(rows)
     latest: dict[str, LevelRow] = {}
     for r in rows:
@@ -102,14 +130,20 @@ def _preprocess_entries(batch: list[list[Any]]) -> int:
             latest[r.device] = r
     store.touch_devices(latest.values())
     events.publish(outputs.redis_client(), "level", [_live(r) for r in rows])
-    # argsrepr: otherwise Celery builds a repr of every level for its logs (4 % of this task)
-    app.send_task(tasknames.ANALYZE, args=[[_analysis_input(r) for r in rows]],
-                  argsrepr=f"[{len(rows)} levels]")
+    analyse_levels([_analysis_input(r) for r in rows])
+    if batch_id is not None:
+        ledger.done(batch_id)
     return new
 
 
 @app.task(name=tasknames.ANALYZE, **RETRY)
 def analyze(levels: list[dict[str, Any]]) -> int:
+    """Check calibrated levels from another producer against the rules (``analyse_levels``);
+    the pipeline's own levels are checked by ``store_levels``."""
+    return analyse_levels(levels)
+
+
+def analyse_levels(levels: list[dict[str, Any]]) -> int:
     """Evaluate each device's rules, open and resolve alerts, and hand the changes to notify.
 
     The alert events are written with the alerts (``run_analysis``); the ``notify`` queue
@@ -128,8 +162,9 @@ def analyze(levels: list[dict[str, Any]]) -> int:
             lambda hwm, st, open_, d=device, i=items, r=device_rules: analyse(
                 d, i, hwm, st, open_, r, now_ms()),
         )
-        for alert in outcome.opened:
-            # hook for the recording queue: cut the alert's audio clip after the post-roll
+        for alert in [*outcome.opened, *outcome.resolved_alerts]:
+            # hook for the recording queue: cut the alert's audio clip after the post-roll,
+            # early when it opens, whole when it resolves (workers.recordtasks.clip)
             app.send_task(tasknames.CLIP, args=[alert.id], countdown=s.clip_postroll_s + 2)
         for alert in [*outcome.opened, *outcome.resolved_alerts]:
             log.info("alert %d %s %s %s value=%s", alert.id, alert.device, alert.kind,

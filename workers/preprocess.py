@@ -3,6 +3,12 @@
 A batch is what the gateway sends: a list of ``[device, recv_ms, payload]`` where
 ``payload`` is the raw protocol-v1 frame. Frames of the same shape (rate, sample count)
 are processed together in one numpy call.
+
+Two steps, so that the DSP can run on any host: ``relative_batch`` measures the signal
+(levels in dB re full scale, "relative rows" with K = 0; it needs only the frames and the
+stream states), and ``calibrate_rows`` adds each device's calibration offset K and the flags
+that depend on its sensor (it needs the device registry, on the store's host).
+``process_batch`` does both.
 """
 
 from __future__ import annotations
@@ -81,10 +87,10 @@ def predecessor(chain: Sequence[tuple[str, int, Frame]]) -> StateKey:
 
 def pcm_rows(
     items: Sequence[tuple[str, int, Frame]],
-    cal: Mapping[str, DeviceCalibration],
     states: Mapping[StateKey, dsp.StreamState] | None = None,
 ) -> tuple[list[LevelRow], dict[StateKey, dsp.StreamState]]:
-    """Level rows for kind-1 frames, and the stream state after each chain.
+    """Relative level rows (K = 0, see ``calibrate_rows``) for kind-1 frames, and the stream
+    state after each chain.
 
     Chains of the same shape (rate, frame size, length) are analysed together in one
     vectorised call. ``states`` holds the states saved after earlier frames: a chain whose
@@ -107,50 +113,40 @@ def pcm_rows(
             if after[s] is not None:
                 new_states[(device, last.boot, last.seq)] = after[s]  # type: ignore[assignment]
             for i, (_, recv_ms, frame) in enumerate(chain):
-                rows.append(_pcm_row(device, recv_ms, frame, cal[device], nyquist_limited,
+                rows.append(_pcm_row(device, recv_ms, frame, nyquist_limited,
                                      {k: v[s, i] for k, v in feats.items()}))
     return rows, new_states
 
 
-def _pcm_row(device: str, recv_ms: int, frame: Frame, c: DeviceCalibration,
-             nyquist_limited: bool, f: Mapping[str, Any]) -> LevelRow:
+def _pcm_row(device: str, recv_ms: int, frame: Frame, nyquist_limited: bool,
+             f: Mapping[str, Any]) -> LevelRow:
     flags = 0
     if f["clip_frac"] > 0:
         flags |= FLAG_BIT["clipped"]
     if nyquist_limited:
         flags |= FLAG_BIT["nyquist_limited"]
-    if not c.calibrated:
-        flags |= FLAG_BIT["uncalibrated"]
     dbfs = float(f["dbfs"])
-    if c.noise_floor_dbfs is not None and dbfs <= c.noise_floor_dbfs:
-        flags |= FLAG_BIT["below_noise_floor"]
-    k = c.k_db
-    if k is None:
-        flags |= FLAG_BIT["no_level"]
-
-    def spl(key: str) -> float | None:
-        return None if k is None else float(f[key]) + k
-
     return LevelRow(
         device=device, boot=frame.boot, seq=frame.seq, idx=0,
         t_ms=frame_time_ms(frame, recv_ms), kind=KIND_PCM, rate=frame.rate, n=frame.count,
-        dbfs=dbfs, lzeq=spl("dbfs"), laeq=spl("laeq"),
+        dbfs=dbfs, lzeq=dbfs, laeq=float(f["laeq"]),
         dominant_hz=_finite(f["dominant_hz"]), clip_frac=float(f["clip_frac"]),
-        duty=None, edges=None, k_db=k, flags=flags,
-        lceq=spl("lceq"), lafmax=spl("lafmax"), lafmin=spl("lafmin"), lcpeak=spl("lcpeak"),
-        centroid_hz=_finite(f["centroid_hz"]), bands=encode_bands(f["bands_db"]),
+        duty=None, edges=None, k_db=0.0, flags=flags,
+        lceq=float(f["lceq"]), lafmax=float(f["lafmax"]), lafmin=float(f["lafmin"]),
+        lcpeak=float(f["lcpeak"]), centroid_hz=_finite(f["centroid_hz"]),
+        bands=encode_bands(f["bands_db"]),
     )
 
 
-def record_rows(device: str, recv_ms: int, frame: Frame, c: DeviceCalibration) -> list[LevelRow]:
-    """Rows for kind-2 (device-computed levels) and kind-3 (threshold) records."""
+def record_rows(device: str, recv_ms: int, frame: Frame) -> list[LevelRow]:
+    """Relative rows (K = 0) for kind-2 (device-computed levels) and kind-3 (threshold) records."""
     t0 = frame_time_ms(frame, recv_ms)
     recs = frame.records()
     rows = []
     for i in range(frame.count):
         base = dict(device=device, boot=frame.boot, seq=frame.seq, idx=i,
                     t_ms=t0 + i * frame.rate, kind=frame.kind, rate=frame.rate, n=1,
-                    dominant_hz=None, clip_frac=None, k_db=c.k_db)
+                    dominant_hz=None, clip_frac=None, k_db=0.0)
         if frame.kind == KIND_LEVELS:
             level = int(recs["level_cdb"][i]) / 100.0
             rflags = int(recs["flags"][i])
@@ -159,19 +155,46 @@ def record_rows(device: str, recv_ms: int, frame: Frame, c: DeviceCalibration) -
                 flags |= FLAG_BIT["clipped"]
             if rflags & LEVEL_FLAG_BELOW_FLOOR:
                 flags |= FLAG_BIT["below_noise_floor"]
-            if not c.calibrated:
-                flags |= FLAG_BIT["uncalibrated"]
             weighted = bool(rflags & LEVEL_FLAG_A_WEIGHTED)
-            spl = None if c.k_db is None else level + c.k_db
-            if c.k_db is None:
-                flags |= FLAG_BIT["no_level"]
-            rows.append(LevelRow(**base, dbfs=level, lzeq=None if weighted else spl,
-                                 laeq=spl if weighted else None, duty=None, edges=None,
+            rows.append(LevelRow(**base, dbfs=level, lzeq=None if weighted else level,
+                                 laeq=level if weighted else None, duty=None, edges=None,
                                  flags=flags))
         else:
             rows.append(LevelRow(**base, dbfs=None, lzeq=None, laeq=None,
                                  duty=int(recs["duty_bp"][i]) / 100.0,
                                  edges=int(recs["edges"][i]), flags=FLAG_BIT["no_level"]))
+    return rows
+
+
+#: the fields of a row that are levels in dB: dBFS-relative until ``calibrate_rows`` adds K
+SPL_FIELDS = ("lzeq", "laeq", "lceq", "lafmax", "lafmin", "lcpeak")
+
+
+def calibrate_rows(rows: Sequence[LevelRow], cal: Mapping[str, DeviceCalibration]) -> Sequence[LevelRow]:
+    """Turn relative rows (K = 0: what the preprocess step computes) into levels in dB, in place.
+
+    The DSP measures the signal (dB re full scale); the device's calibration offset K, its
+    sensor's noise floor and the flags that depend on them are metadata of the store's host
+    (docs/deploy.md), so they are applied there: ``level = dBFS-relative level + K``. A sensor
+    without a level (``k_db`` None, the LM393) gets no level and the ``no_level`` flag.
+    """
+    for r in rows:
+        c = cal[r.device]
+        r.k_db = c.k_db
+        if r.kind == KIND_THRESHOLD:
+            continue  # duty and edges only: no_level is set already
+        if not c.calibrated:
+            r.flags |= FLAG_BIT["uncalibrated"]
+        if (r.kind == KIND_PCM and c.noise_floor_dbfs is not None and r.dbfs is not None
+                and r.dbfs <= c.noise_floor_dbfs):
+            r.flags |= FLAG_BIT["below_noise_floor"]
+        k = c.k_db
+        if k is None:
+            r.flags |= FLAG_BIT["no_level"]
+        for name in SPL_FIELDS:
+            v = getattr(r, name)
+            if v is not None:
+                setattr(r, name, None if k is None else v + k)
     return rows
 
 
@@ -193,17 +216,29 @@ def state_keys_needed(decoded: Sequence[tuple[str, int, Frame]]) -> list[StateKe
     return [predecessor(chain) for chain in pcm_chains([d for d in decoded if d[2].kind == KIND_PCM])]
 
 
+def relative_batch(
+    decoded: Sequence[tuple[str, int, Frame]],
+    states: Mapping[StateKey, dsp.StreamState] | None = None,
+) -> tuple[list[LevelRow], dict[StateKey, dsp.StreamState]]:
+    """Relative level rows (K = 0) of a decoded batch and the stream states to save: the
+    preprocess step, which needs nothing but the frames (see ``pcm_rows``)."""
+    pcm = [d for d in decoded if d[2].kind == KIND_PCM]
+    rows, new_states = pcm_rows(pcm, states) if pcm else ([], {})
+    for device, recv_ms, frame in decoded:
+        if frame.kind in (KIND_LEVELS, KIND_THRESHOLD):
+            rows.extend(record_rows(device, recv_ms, frame))
+    return rows, new_states
+
+
 def process_batch(
     decoded: Sequence[tuple[str, int, Frame]],
     cal: Mapping[str, DeviceCalibration],
     states: Mapping[StateKey, dsp.StreamState] | None = None,
 ) -> tuple[list[LevelRow], dict[StateKey, dsp.StreamState]]:
-    """All level rows of a decoded batch, and the stream states to save (see ``pcm_rows``)."""
-    pcm = [d for d in decoded if d[2].kind == KIND_PCM]
-    rows, new_states = pcm_rows(pcm, cal, states) if pcm else ([], {})
-    for device, recv_ms, frame in decoded:
-        if frame.kind in (KIND_LEVELS, KIND_THRESHOLD):
-            rows.extend(record_rows(device, recv_ms, frame, cal[device]))
+    """All level rows of a decoded batch in dB (``relative_batch`` then ``calibrate_rows``),
+    and the stream states to save."""
+    rows, new_states = relative_batch(decoded, states)
+    calibrate_rows(rows, cal)
     return rows, new_states
 
 

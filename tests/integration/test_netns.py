@@ -1,21 +1,23 @@
-"""Several hosts, emulated with network namespaces: nothing in the pipeline assumes localhost.
+"""Several hosts, emulated with network namespaces: nothing in the pipeline assumes localhost,
+and preprocess workers need no store.
 
 Layout (``ip netns``, veth pairs into one bridge, a /24 from the benchmarking range 198.18/15):
 
     broker  .1  mosquitto + redis-server, listening on that address only
     gw      .2  soundmon gateway
-    host1   .3  soundmon worker preprocess (pinned to CPU 0), later worker analyze
-    host2   .4  soundmon worker preprocess (pinned to CPU 1)
+    host1   .3  soundmon worker preprocess (pinned to CPU 0), its own empty data directory
+    host2   .4  soundmon worker preprocess (pinned to CPU 1), its own empty data directory
+    store   .5  soundmon worker analyze: the store step (calibrate, store, alerts) and the
+                SQLite file, as the application host of docs/deploy.md
     (root)  .254  the test itself: publishes frames, steers the workers, reads the results
 
-Each "host" gets one worker process and one CPU, so a second host adds capacity as a second
-machine would. The namespaces share the file system, so both workers write the same SQLite
-file: this proves the network side of a multi-host deployment, not shared storage (devices,
-calibration and alerts live in that SQLite file even with the InfluxDB store, so workers on
-real machines need a network database first: docs/deploy.md, "The store is the limit").
+Each worker host gets one worker process and one CPU, so a second host adds capacity as a
+second machine would. The worker hosts are given data directories of their own that must stay
+empty: a preprocess worker talks only to the brokers (docs/deploy.md, "Several hosts").
 
-Throughput is measured as a ratio within the run and reported, never asserted: the test
-asserts only that the second host takes a share of the work and every frame is stored once.
+Throughput of the preprocess step is measured as a ratio within the run: the same number of
+frames is queued with nobody consuming, then drained by one host, then by two; the store
+step runs after both phases, so it never shares their CPUs.
 """
 
 from __future__ import annotations
@@ -46,10 +48,14 @@ from tests.helpers import hand_frame, sine
 
 pytestmark = pytest.mark.integration
 
-HOSTS = {"broker": 1, "gw": 2, "host1": 3, "host2": 4}
+HOSTS = {"broker": 1, "gw": 2, "host1": 3, "host2": 4, "store": 5}
 MQTT_PORT, REDIS_PORT = 1883, 6379  # each namespace has its own ports: the defaults are free
 FRAMES_PER_PHASE = 3000
+#: a preprocess task logs how many levels it handed to the store step
 SUCCEEDED = re.compile(r"Task soundmon\.preprocess\[[^\]]+\] succeeded in [\d.e-]+s: (\d+)")
+#: the smallest speed-up of the second host that counts: a second CPU gave 1.3-1.9x here;
+#: a ratio within one run, so a busy machine slows both phases alike
+MIN_SPEEDUP = 1.15
 
 
 def _ip(*args: str) -> None:
@@ -146,10 +152,11 @@ def _frames_by_worker(log: Path) -> int:
     return sum(int(m) for m in SUCCEEDED.findall(log.read_text())) if log.exists() else 0
 
 
-def test_pipeline_across_namespaces_and_a_second_worker_host_takes_work(
+def test_pipeline_across_namespaces_and_a_second_worker_host_adds_throughput(
         request: pytest.FixtureRequest, tmp_path: Path,
         record_property: pytest.RecordProperty) -> None:
-    """Broker, gateway and two worker hosts in separate namespaces; host 2 shares the load."""
+    """Broker, gateway, two preprocess hosts without the store, and the store host in separate
+    namespaces: host 2 raises preprocess throughput, and every frame is stored once."""
     reason = _netns_available()
     if reason:
         pytest.skip(reason)
@@ -166,20 +173,25 @@ def test_pipeline_across_namespaces_and_a_second_worker_host_takes_work(
                "SOUNDMON_BROKER_URL": f"redis://{broker}:{REDIS_PORT}/0",
                "SOUNDMON_REDIS_URL": f"redis://{broker}:{REDIS_PORT}/0",
                "SOUNDMON_API_TOKEN": "netns", "PYTHONUNBUFFERED": "1"}
+        worker_data = {h: tmp_path / f"data-{h}" for h in ("host1", "host2")}
         mconf = prepare_mosquitto(tmp_path / "broker", MQTT_PORT, bind=broker)
         rconf = prepare_redis(tmp_path / "broker", REDIS_PORT, bind=broker)
         py = [sys.executable, "-m", "soundmon"]
         specs = {
-            "mosquitto": lan.run("broker", [mosquitto, "-c", str(mconf)]),
-            "redis": lan.run("broker", [redis_server, str(rconf)]),
-            "gateway": lan.run("gw", [*py, "gateway"]),
-            "preprocess-host1": lan.run("host1", [*py, "worker", "preprocess", "-c", "1",
-                                                  "--name", "preprocess@host1"], cpu=0),
-            "preprocess-host2": lan.run("host2", [*py, "worker", "preprocess", "-c", "1",
-                                                  "--name", "preprocess@host2"], cpu=1),
+            "mosquitto": ("broker", [mosquitto, "-c", str(mconf)], None),
+            "redis": ("broker", [redis_server, str(rconf)], None),
+            "gateway": ("gw", [*py, "gateway"], None),
+            "preprocess-host1": ("host1", [*py, "worker", "preprocess", "-c", "1", "--name",
+                                           "preprocess@host1"], 0),
+            "preprocess-host2": ("host2", [*py, "worker", "preprocess", "-c", "1", "--name",
+                                           "preprocess@host2"], 1),
         }
-        for name, argv in specs.items():
-            procs[name] = Process(name, argv, env, logs / f"{name}.log").start()
+        for name, (host, argv, cpu) in specs.items():
+            host_env = dict(env)
+            if host in worker_data:
+                host_env["SOUNDMON_DATA"] = str(worker_data[host])
+            procs[name] = Process(name, lan.run(host, argv, cpu=cpu), host_env,
+                                  logs / f"{name}.log").start()
         r = redis.Redis(host=broker, port=REDIS_PORT, socket_timeout=5)
         wait_until(lambda: _ping(r), what="redis in the broker namespace")
 
@@ -188,8 +200,10 @@ def test_pipeline_across_namespaces_and_a_second_worker_host_takes_work(
             return bool(raw) and json.loads(raw).get("connected") == 1
 
         wait_until(gateway_up, timeout=60, what="the gateway (namespace gw) to subscribe")
-        store_path = tmp_path / "data" / "soundmon.db"
         host_logs = {h: logs / f"preprocess-{h}.log" for h in ("host1", "host2")}
+
+        def processed() -> int:
+            return sum(map(_frames_by_worker, host_logs.values()))
 
         # warm-up: both hosts load numpy/numba and process a batch before anything is timed
         warm_total = 0
@@ -202,10 +216,7 @@ def test_pipeline_across_namespaces_and_a_second_worker_host_takes_work(
             if all(map(_frames_by_worker, host_logs.values())):
                 break
         assert all(map(_frames_by_worker, host_logs.values())), "a worker host got no work"
-        wait_until(lambda: store_path.exists(), what="the database file")
-        store = SQLiteStore(store_path)
-        wait_until(lambda: store.count_levels() == warm_total, timeout=90,
-                   what="the warm-up frames to be stored")
+        wait_until(lambda: processed() >= warm_total, timeout=90, what="the warm-up frames processed")
 
         from celery import Celery
 
@@ -221,28 +232,22 @@ def test_pipeline_across_namespaces_and_a_second_worker_host_takes_work(
         def phase(name: str, hosts: list[str]) -> tuple[float, dict[str, int]]:
             """Queue FRAMES_PER_PHASE frames with nobody consuming, then let ``hosts`` drain it."""
             consume(["host1", "host2"], on=False)
-            before_fwd, before_stored = _forwarded(r), store.count_levels()
+            before_fwd = _forwarded(r)
+            done = {h: _frames_by_worker(p) for h, p in host_logs.items()}
             devices = [f"{name}-{i}" for i in range(4)]
             _publish(broker, devices, FRAMES_PER_PHASE // len(devices), boot=100 + len(hosts))
             wait_until(lambda: _forwarded(r) >= before_fwd + FRAMES_PER_PHASE, timeout=60,
                        what=f"{name}: the gateway to queue every frame")
-            assert store.count_levels() == before_stored  # nobody consumed meanwhile
-            done = {h: _frames_by_worker(p) for h, p in host_logs.items()}
-            t0 = time.monotonic()
-            consume(hosts, on=True)
-            wait_until(lambda: store.count_levels() >= before_stored + FRAMES_PER_PHASE,
-                       timeout=120, interval=0.02, what=f"{name}: every frame stored")
-            elapsed = time.monotonic() - t0
 
             def shares() -> dict[str, int]:
                 return {h: _frames_by_worker(p) - done[h] for h, p in host_logs.items()}
 
-            # a task logs its result just after storing it: wait for the last log lines
+            assert sum(shares().values()) == 0  # nobody consumed meanwhile
+            t0 = time.monotonic()
+            consume(hosts, on=True)
             share = wait_until(lambda: sum((s := shares()).values()) >= FRAMES_PER_PHASE and s,
-                               timeout=30, what=f"{name}: the workers' logs of every batch")
-            for d in devices:
-                assert store.count_levels(d) == FRAMES_PER_PHASE // len(devices), d
-            return elapsed, share
+                               timeout=120, interval=0.02, what=f"{name}: every frame processed")
+            return time.monotonic() - t0, share
 
         one_s, one_share = phase("one", ["host1"])
         two_s, two_share = phase("two", ["host1", "host2"])
@@ -256,12 +261,24 @@ def test_pipeline_across_namespaces_and_a_second_worker_host_takes_work(
         for key, value in figures.items():
             record_property(key, value)
         print(f"\nnetns preprocess throughput: {json.dumps(figures)}")
+        assert ratio >= MIN_SPEEDUP, f"a second worker host did not raise throughput: {figures}"
 
-        # the analyze worker on host1 drains what preprocess handed it, across the bridge
-        procs["analyze-host1"] = Process("analyze-host1", lan.run("host1", [*py, "worker", "analyze"]),
-                                         env, logs / "analyze-host1.log").start()
-        wait_until(lambda: r.llen("analyze") == 0, timeout=90, interval=0.5,
-                   what="the analyze queue to drain")
+        # the store host calibrates, stores and checks what both hosts handed it, across the bridge
+        procs["analyze-store"] = Process("analyze-store", lan.run("store", [*py, "worker", "analyze"]),
+                                         env, logs / "analyze-store.log").start()
+        store_path = tmp_path / "data" / "soundmon.db"
+        wait_until(lambda: store_path.exists(), timeout=60, what="the store host's database")
+        store = SQLiteStore(store_path)
+        total = warm_total + 2 * FRAMES_PER_PHASE
+        wait_until(lambda: store.count_levels() == total, timeout=120, interval=0.5,
+                   what="every frame stored by the store host")
+        for phase_name in ("one", "two"):
+            for i in range(4):
+                assert store.count_levels(f"{phase_name}-{i}") == FRAMES_PER_PHASE // 4
+        wait_until(lambda: r.zcard("soundmon:handoff:due") == 0, timeout=30,
+                   what="the handoff ledger to empty")
+        for host, data in worker_data.items():  # the worker hosts never needed a data directory
+            assert not data.exists() or not any(data.rglob("*")), f"{host} wrote {list(data.rglob('*'))}"
     finally:
         for p in reversed(list(procs.values())):
             p.stop()

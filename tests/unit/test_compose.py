@@ -145,7 +145,8 @@ def test_dependencies_name_real_services_with_the_right_condition():
             # a dependency on a profile-only service must be optional
             assert ("profiles" in SERVICES[dep]) == (cond.get("required") is False), (name, dep)
     for name in SOUNDMON - ONE_SHOT:
-        assert {"mosquitto", "redis", "influxdb"} <= set(SERVICES[name]["depends_on"]), name
+        needs = {"mosquitto", "redis"} | ({"influxdb"} if name != "worker-preprocess" else set())
+        assert needs <= set(SERVICES[name]["depends_on"]), name
 
 
 def test_settings_and_hosts_in_the_environment_match_the_code():
@@ -160,10 +161,13 @@ def test_settings_and_hosts_in_the_environment_match_the_code():
         if name not in ONE_SHOT:
             assert _default(env["SOUNDMON_MQTT_HOST"]) in SERVICES
             assert int(env["SOUNDMON_MQTT_PORT"]) == MQTT_PORT
-            assert _mounts(SERVICES[name])[env["SOUNDMON_DATA"]] == "soundmon-data"
+            if name == "worker-preprocess":  # the DSP runs on any host: no data, no store
+                assert not _mounts(SERVICES[name]) and "influxdb" not in SERVICES[name]["depends_on"]
+            else:
+                assert _mounts(SERVICES[name])[env["SOUNDMON_DATA"]] == "soundmon-data"
     # the MQTT accounts: each service uses the account of its job, with that account's password
     accounts = {"gateway": "svc.gateway", "worker-analyze": "svc.workers",
-                "worker-notify": "svc.workers"}
+                "worker-notify": "svc.workers", "dashboard": "svc.workers"}
     for name, account in accounts.items():
         env = SERVICES[name]["environment"]
         assert env["SOUNDMON_MQTT_USERNAME"] == account
