@@ -4,9 +4,11 @@ Compose runs it once (the ``broker-setup`` service) before mosquitto starts. Int
 ``DATA/mosquitto/`` (soundmon.provision's layout) it writes:
 
 - ``passwd``, ``acl``, ``services.json``: the accounts of soundmon.provision. The service
-  passwords come from ``SOUNDMON_MQTT_GATEWAY_PASSWORD``, ``SOUNDMON_MQTT_WORKERS_PASSWORD`` and
-  ``SOUNDMON_MQTT_ADMIN_PASSWORD`` (``.env``), so the gateway and the workers can be given the
-  same values; unset ones are random and stay in ``services.json``.
+  passwords come from ``SOUNDMON_MQTT_GATEWAY_PASSWORD``, ``SOUNDMON_MQTT_WORKERS_PASSWORD``,
+  ``SOUNDMON_MQTT_REPLAY_PASSWORD`` and ``SOUNDMON_MQTT_ADMIN_PASSWORD`` (``.env``), so the
+  gateway and the workers can be given the same values; unset ones are random and stay in
+  ``services.json``. The broker's files are in its own volume, which no other container
+  mounts: every service account a container uses must get its password this way.
 - ``tls/``: the private CA and the broker's server certificate (soundmon.certs).
 - ``store/``: mosquitto's persistence directory.
 
@@ -30,6 +32,7 @@ from soundmon.services import mosquitto_conf
 PASSWORD_ENV = {
     "svc.gateway": "SOUNDMON_MQTT_GATEWAY_PASSWORD",
     "svc.workers": "SOUNDMON_MQTT_WORKERS_PASSWORD",
+    "svc.replay": "SOUNDMON_MQTT_REPLAY_PASSWORD",
     "svc.admin": "SOUNDMON_MQTT_ADMIN_PASSWORD",
 }
 MQTT_PORT = 1883  # inside the compose network only

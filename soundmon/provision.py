@@ -8,6 +8,10 @@ id). Service accounts have names no device id can take (they contain a dot):
 
 - ``svc.gateway`` reads every frame and status;
 - ``svc.workers`` publishes alerts;
+- ``svc.replay`` publishes frames and status as any device, never reads: the recording
+  worker's account for replays started from the dashboard or the API (docs/recording.md).
+  It is as powerful as a forged device and lives only in the backend, like ``svc.admin``;
+  the replay task refuses the id of a device that announced real firmware;
 - ``svc.admin`` reads and writes everything under the prefix (operators, tests).
 
 Passwords are random, stored only as mosquitto's PBKDF2-SHA512 hashes (the ``$7$`` format
@@ -34,7 +38,7 @@ import click
 
 from soundmon.protocol import DEFAULT_PREFIX, DEVICE_ID
 
-SERVICES = ("svc.gateway", "svc.workers", "svc.admin")
+SERVICES = ("svc.gateway", "svc.workers", "svc.replay", "svc.admin")
 PBKDF2_ITERATIONS = 101  # what mosquitto_passwd 2.0 writes ($7$101$...); its default
 SALT_BYTES = 12
 
@@ -83,6 +87,11 @@ topic read {prefix}/v1/+/status
 
 user svc.workers
 topic write {prefix}/v1/+/alert
+
+# replays run by the recording worker: frames and status of any device id, nothing to read
+user svc.replay
+topic write {prefix}/v1/+/frame
+topic write {prefix}/v1/+/status
 
 user svc.admin
 topic readwrite {prefix}/#

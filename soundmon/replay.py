@@ -16,6 +16,14 @@ Pacing: real time by default, ``--speed`` times faster. Frames due are sent in b
 most every ``BURST_S``, so consecutive frames of a fast replay reach the pipeline in one
 batch and its filter state carries from frame to frame as for a live device.
 
+Broker account: the command publishes with ``--username``/``--password`` (default
+``SOUNDMON_MQTT_USERNAME``/``_PASSWORD``), or with an account of the replay device made by
+``--provision`` in the data directory, which works where the broker reads that directory
+(``soundmon up``). Replays started from the dashboard run in the recording worker and publish
+with that worker's own account, ``svc.replay`` (soundmon.provision), on one host as under
+Docker Compose: no account is made per replay. ``svc.replay`` may publish as any device, so
+``refuse_live_device`` keeps those replays off the ids of real devices.
+
 Errors: ``ReplayError`` (bad source, span or broker), turned into click errors by the command.
 """
 
@@ -45,6 +53,7 @@ BURST_S = 0.2  # s between bursts of due frames
 WINDOW = 100  # unacknowledged frames at most: the broker sets the pace
 CONNECT_TIMEOUT_S = 10.0
 DRAIN_TIMEOUT_S = 30.0
+REPLAY_FW = "soundmon-replay"  # the "fw" of a replay device's status
 
 
 class ReplayError(Exception):
@@ -79,6 +88,15 @@ def default_device(name: str) -> str:
     """``replay-<name>`` squeezed into a device id (lower case, [a-z0-9_-], 32 characters)."""
     clean = re.sub(r"[^a-z0-9_-]+", "-", name.lower()).strip("-_") or "file"
     return f"replay-{clean}"[:32].rstrip("-_")
+
+
+def refuse_live_device(device: str, info: dict[str, Any] | None) -> None:
+    """``ReplayError`` if ``device`` (the store's ``device()`` of it) is a real device: one
+    that announced firmware other than a replay's. Unknown ids and earlier replays pass."""
+    fw = (info or {}).get("fw")
+    if fw is not None and fw != REPLAY_FW:
+        raise ReplayError(f"{device} is a live device (firmware {fw!r}); a replay must not "
+                          f"publish as it: choose another id, e.g. {default_device(device)}")
 
 
 def to_int16(x: np.ndarray) -> np.ndarray:
@@ -196,7 +214,7 @@ def replay(source: Source, device: str, host: str, port: int, speed: float = 1.0
                 raise ReplayError(f"the MQTT broker at {host}:{port} did not accept {device}: "
                                   f"{refused[0] if refused else 'no answer'} (give --username/"
                                   "--password or --provision)")
-        status = {"state": "online", "fw": "soundmon-replay", "rate": source.rate,
+        status = {"state": "online", "fw": REPLAY_FW, "rate": source.rate,
                   "frame_ms": source.frame_ms, "replay_of": source.name}
         if source.sensor:
             status["sensor"] = source.sensor

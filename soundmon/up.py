@@ -34,6 +34,19 @@ from soundmon.services import (
 from soundmon.settings import default_data_dir
 from soundmon.users import ensure_admin
 
+#: the broker account (soundmon.provision) of each process that uses MQTT; docker-compose.yml
+#: gives its services the same ones (tests/unit/test_compose.py checks it)
+MQTT_ACCOUNTS = {
+    "gateway": "svc.gateway",
+    "worker-analyze": "svc.workers",
+    # alert notifications: publishes on soundmon/v1/+/alert
+    "worker-notify": "svc.workers",
+    # replays started from the dashboard publish as their replay device (docs/recording.md)
+    "worker-recording": "svc.replay",
+    # POST /api/notifications/test to the built-in mqtt channel
+    "dashboard": "svc.workers",
+}
+
 
 def _pick_port(name: str, requested: int | None, default: int) -> int:
     if requested is not None:
@@ -133,10 +146,11 @@ def up_command(n_devices: int, scene: str | None, data_dir: Path | None, http_po
         env["SOUNDMON_FLOWER_URL"] = f"http://{host}:{fport}"
     prefix = os.environ.get("SOUNDMON_MQTT_PREFIX", "soundmon")
     mqtt_conf = prepare_mosquitto(data, mqtt, bind, auth=not open_broker, prefix=prefix)
-    # each process gets the broker account of its job (soundmon.provision), nothing more
+    # each process gets the broker account of its job (MQTT_ACCOUNTS), nothing more
     accounts = {} if open_broker else ensure_auth(data, prefix)
 
-    def env_as(account: str | None) -> dict[str, str]:
+    def env_for(name: str) -> dict[str, str]:
+        account = MQTT_ACCOUNTS.get(name)
         if account is None or open_broker:
             return env
         return {**env, "SOUNDMON_MQTT_USERNAME": account,
@@ -148,19 +162,17 @@ def up_command(n_devices: int, scene: str | None, data_dir: Path | None, http_po
                 logs / "redis.log"),
     ]
     apps = [
-        Process("worker-preprocess", soundmon_argv("worker", "preprocess"), env,
-                logs / "worker-preprocess.log"),
-        Process("worker-analyze", soundmon_argv("worker", "analyze"), env_as("svc.workers"),
+        Process("worker-preprocess", soundmon_argv("worker", "preprocess"),
+                env_for("worker-preprocess"), logs / "worker-preprocess.log"),
+        Process("worker-analyze", soundmon_argv("worker", "analyze"), env_for("worker-analyze"),
                 logs / "worker-analyze.log"),
-        # alert notifications: publishes on soundmon/v1/+/alert, so the workers' MQTT account
-        Process("worker-notify", soundmon_argv("worker", "notify"), env_as("svc.workers"),
+        Process("worker-notify", soundmon_argv("worker", "notify"), env_for("worker-notify"),
                 logs / "worker-notify.log"),
         # recording upkeep, alert clips, uploads and replays (docs/recording.md)
-        Process("worker-recording", soundmon_argv("worker", "recording"), env,
-                logs / "worker-recording.log"),
-        Process("gateway", soundmon_argv("gateway"), env_as("svc.gateway"), logs / "gateway.log"),
-        # the workers' account too: POST /api/notifications/test to the built-in mqtt channel
-        Process("dashboard", soundmon_argv("dashboard"), env_as("svc.workers"),
+        Process("worker-recording", soundmon_argv("worker", "recording"),
+                env_for("worker-recording"), logs / "worker-recording.log"),
+        Process("gateway", soundmon_argv("gateway"), env_for("gateway"), logs / "gateway.log"),
+        Process("dashboard", soundmon_argv("dashboard"), env_for("dashboard"),
                 logs / "dashboard.log"),
     ]
     if fport:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -47,14 +48,20 @@ def recorder() -> Recording:
 def record(decoded: Sequence[tuple[str, int, Frame]]) -> int:
     """Stage the batch's audio (devices with recording on); now and then, schedule upkeep."""
     new = recorder().record(decoded)
-    if new:
+    every = max(1, int(get_settings().recording_upkeep_s))
+    # the lock in Redis makes it one upkeep per period across processes; asking it only once a
+    # period per process saves a Redis round trip (and its fsync) on every batch
+    if new and time.monotonic() >= _upkeep_asked["at"] + every:
+        _upkeep_asked["at"] = time.monotonic()
         try:
-            every = max(1, int(get_settings().recording_upkeep_s))
             if outputs.redis_client().set(UPKEEP_LOCK, os.getpid(), nx=True, ex=every):
                 app.send_task(tasknames.RECORDING_UPKEEP)
-        except redis.RedisError as exc:  # upkeep waits for the next batch; the audio is safe
+        except redis.RedisError as exc:  # upkeep waits for the next period; the audio is safe
             log.warning("recording upkeep not scheduled: %s", exc)
     return new
+
+
+_upkeep_asked = {"at": float("-inf")}  # when this process last asked for the upkeep lock
 
 
 def rules_for(device: str | None, override: dict[str, Any] | None) -> RuleSet:
@@ -300,6 +307,10 @@ def replay_task(self: Any, options: dict[str, Any]) -> dict[str, Any]:
     ``options``: ``device`` (the recorded one), ``start_ms``, ``end_ms``, ``speed``,
     ``as_device`` (default ``replay-<device>``). Acknowledged early: a replay is not redone
     after a crash (it would publish twice).
+
+    It publishes with this worker's own MQTT account (``SOUNDMON_MQTT_USERNAME``:
+    ``svc.replay`` under ``soundmon up`` and Docker Compose), never with an account made for
+    the replay: under Compose the broker's account files are out of this worker's reach.
     """
     from soundmon import replay
 
@@ -307,16 +318,23 @@ def replay_task(self: Any, options: dict[str, Any]) -> dict[str, Any]:
     src = replay.recording_source(s.data_dir, options["device"], int(options["start_ms"]),
                                   int(options["end_ms"]), s.recording_default)
     device = options.get("as_device") or replay.default_device(src.name)
+    replay.refuse_live_device(device, outputs.store().device(device))
     if src.k_db is not None:
         outputs.store().set_calibration(device, src.k_db, "replay")
-    username, password = replay.credentials_for(device, s.data_dir, s.mqtt_prefix)
     every = max(1, src.total // 100)
 
     def progress(n: int) -> None:
         if n % every == 0:
             _progress(self, n / src.total, "publishing")
 
-    result = replay.connect_with_retries(lambda: replay.replay(
-        src, device, s.mqtt_host, s.mqtt_port, float(options.get("speed") or 1.0), username,
-        password, s.mqtt_prefix, on_progress=progress))
-    return result
+    try:
+        return replay.replay(src, device, s.mqtt_host, s.mqtt_port,
+                             float(options.get("speed") or 1.0), s.mqtt_username,
+                             s.mqtt_password, s.mqtt_prefix, on_progress=progress)
+    except replay.ReplayError as exc:
+        if "did not accept" not in str(exc):
+            raise
+        raise replay.ReplayError(
+            f"the MQTT broker at {s.mqtt_host}:{s.mqtt_port} refused the recording worker's "
+            f"account ({s.mqtt_username or 'none'}): give worker-recording "
+            "SOUNDMON_MQTT_USERNAME=svc.replay and its password (docs/deploy.md)") from exc

@@ -17,7 +17,7 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from dashboard.deps import Authenticated, DeviceId, RedisDep, SettingsDep
+from dashboard.deps import Authenticated, DeviceId, RedisDep, SettingsDep, StoreDep
 from dashboard.routes.tasks import start_task
 from soundmon import tasknames
 from soundmon.recording import Recording, RecordingError, iso, now_ms, parse_time
@@ -162,9 +162,19 @@ def get_audio(request: Request, device_id: DeviceId, settings: SettingsDep,
 
 @router.post("/recordings/{device_id}/replay", status_code=202)
 async def start_replay(device_id: DeviceId, body: ReplayIn, settings: SettingsDep,
-                       redis: RedisDep) -> dict[str, Any]:
-    """Replay a recorded span through MQTT as ``replay-<device>``; returns a task id."""
+                       store: StoreDep, redis: RedisDep) -> dict[str, Any]:
+    """Replay a recorded span through MQTT as ``replay-<device>``; returns a task id.
+
+    409 for the id of a real device: the worker's MQTT account may publish as any device.
+    """
+    from soundmon.replay import ReplayError, default_device, refuse_live_device
+
     a, b = _window(body.start, body.end, 0)
+    as_device = body.device or default_device(device_id)
+    try:
+        refuse_live_device(as_device, store.device(as_device))
+    except ReplayError as exc:
+        raise HTTPException(409, str(exc)) from exc
     if not recording(settings).frame_rows(device_id, a, b):
         raise HTTPException(404, f"nothing recorded for {device_id} between {iso(a)} and {iso(b)}")
     options = {"device": device_id, "start_ms": a, "end_ms": b, "speed": body.speed,

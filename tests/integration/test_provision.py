@@ -158,6 +158,35 @@ def test_service_accounts_do_only_their_job(broker: Broker) -> None:
     assert set(SERVICES) <= set(broker.services)
 
 
+def test_the_replay_account_publishes_frames_and_status_only(broker: Broker) -> None:
+    """svc.replay publishes a replay device's frame and status; it reads nothing and cannot
+    publish alerts or configs."""
+    admin = Client(broker.port, "svc.admin", broker.services["svc.admin"], "admin")
+    assert admin.subscribe("soundmon/v1/#").value == 1
+    rp = Client(broker.port, "svc.replay", broker.services["svc.replay"], "replay-x-1")
+    assert not rp.connack.is_failure
+    rp.subscribe("soundmon/v1/#")  # mosquitto 2.0 grants it, then delivers nothing
+    assert rp.publish("soundmon/v1/replay-x/status", b"{}", retain=True).value == 0
+    assert rp.publish("soundmon/v1/replay-x/frame", b"replayed").value == 0
+    for leaf in ("alert", "config"):
+        assert rp.publish(f"soundmon/v1/replay-x/{leaf}", b"forged").value == 135
+    assert rp.publish("soundmon/other", b"forged").value == 135
+    assert not admin.publish("soundmon/v1/dev-a/config", b"cfg", retain=True).is_failure
+    assert not admin.publish("soundmon/v1/dev-a/frame", b"live").is_failure
+    wait_until(lambda: len(admin.got) >= 4, 10, what="every message at the admin")
+    # a PUBACK after them on the same connection: anything routed to rp before is in by now
+    assert rp.publish("soundmon/v1/replay-x/frame", b"last").value == 0
+    wait_until(lambda: len(admin.got) >= 5, 10, what="the last frame at the admin")
+    rp.close()
+    admin.close()
+    assert rp.got == []
+    assert sorted(admin.got) == sorted([("soundmon/v1/replay-x/status", b"{}"),
+                                        ("soundmon/v1/replay-x/frame", b"replayed"),
+                                        ("soundmon/v1/dev-a/config", b"cfg"),
+                                        ("soundmon/v1/dev-a/frame", b"live"),
+                                        ("soundmon/v1/replay-x/frame", b"last")])
+
+
 def test_provision_cli_takes_effect_without_a_broker_restart(broker: Broker) -> None:
     """`soundmon provision ID --json` prints working credentials at once (SIGHUP reload)."""
     out = subprocess.run(soundmon_argv("provision", "late-dev", "--data", str(broker.data),

@@ -20,11 +20,21 @@ from fastapi.testclient import TestClient
 
 from dashboard.app import create_app
 from soundmon.protocol import topic
+from soundmon.provision import AuthFiles, provision_many
 from soundmon.recording import Recording, iso
-from soundmon.services import Process, soundmon_argv
+from soundmon.services import (
+    MOSQUITTO_CANDIDATES,
+    Process,
+    find_binary,
+    free_port,
+    prepare_mosquitto,
+    soundmon_argv,
+    wait_port,
+)
 from soundmon.settings import Settings
 from soundmon.simulate import simulate
 from soundmon.store import SQLiteStore
+from soundmon.up import MQTT_ACCOUNTS
 from tests.conftest import Stack, wait_until
 
 pytestmark = pytest.mark.integration
@@ -37,20 +47,44 @@ ENV = {"SOUNDMON_LEVEL_MIN_DB": "40", "SOUNDMON_LEVEL_MAX_DB": "50", "SOUNDMON_C
 
 
 @pytest.fixture
-def rstack(request: pytest.FixtureRequest, tmp_path: Path, mosquitto: int,
-           redis_port: int) -> Iterator[Stack]:
-    """The pipeline with the recording worker, short clips and fast rotation."""
-    s = Stack(tmp_path, mosquitto, redis_port, **ENV)
-    # the recording queue's worker (soundmon up runs it too); only these tests need it
-    s.procs["worker-recording"] = Process("worker-recording",
-                                          soundmon_argv("worker", "recording", "-c", "1"),
-                                          s.env, tmp_path / "logs" / "worker-recording.log")
-    s.start()
+def rstack(request: pytest.FixtureRequest, tmp_path: Path, redis_port: int) -> Iterator[Stack]:
+    """The pipeline with the recording worker, short clips and fast rotation, on a broker as
+    `soundmon up` runs it: accounts and ACL in the data directory, reloaded by SIGHUP, and each
+    process with the MQTT account of its job (soundmon.up.MQTT_ACCOUNTS)."""
+    binary = find_binary(MOSQUITTO_CANDIDATES)
+    assert binary, "mosquitto is not installed: run `make install`"
+    data, port = tmp_path / "data", free_port()
+    conf = prepare_mosquitto(data, port, auth=True)
+    broker = Process("mosquitto", [binary, "-c", str(conf)], dict(os.environ),
+                     tmp_path / "logs" / "mosquitto.log").start()
     try:
-        yield s
+        wait_port(port, proc=broker.proc)
+        (data / "run").mkdir()
+        (data / "run" / "mosquitto.pid").write_text(f"{broker.pid}\n")  # for --provision
+        s = Stack(tmp_path, port, redis_port, **ENV)
+        # the recording queue's worker (soundmon up runs it too); only these tests need it
+        s.procs["worker-recording"] = Process("worker-recording",
+                                              soundmon_argv("worker", "recording", "-c", "1"),
+                                              s.env, tmp_path / "logs" / "worker-recording.log")
+        accounts = json.loads(AuthFiles(data).services.read_text())
+        for name, account in MQTT_ACCOUNTS.items():
+            if name in s.procs:
+                s.procs[name].env = {**s.env, "SOUNDMON_MQTT_USERNAME": account,
+                                     "SOUNDMON_MQTT_PASSWORD": accounts[account]}
+        s.start()
+        try:
+            yield s
+        finally:
+            s.stop()
+            request.node.add_report_section("teardown", "service logs", s.logs())
     finally:
-        s.stop()
-        request.node.add_report_section("teardown", "service logs", s.logs())
+        broker.stop()
+
+
+def _accounts(stack: Stack) -> set[str]:
+    """The user names in the broker's password file."""
+    return {line.split(":", 1)[0]
+            for line in AuthFiles(stack.data).passwd.read_text().splitlines()}
 
 
 @pytest.fixture
@@ -81,7 +115,8 @@ def _task_result(api: TestClient, task_id: str, timeout: float = 120) -> dict:
 
 
 def _replay(stack: Stack, *args: str) -> dict:
-    out = subprocess.run(soundmon_argv("replay", *args, "--broker",
+    """`soundmon replay ... --provision`: the CLI makes the replay device's own account."""
+    out = subprocess.run(soundmon_argv("replay", *args, "--provision", "--broker",
                                        f"127.0.0.1:{stack.mqtt_port}"),
                          env=stack.env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
@@ -90,9 +125,11 @@ def _replay(stack: Stack, *args: str) -> dict:
 
 def test_record_listen_to_the_alert_and_replay_it_through_the_pipeline(
         rstack: Stack, api: TestClient) -> None:
-    """A simulated device is recorded; its alert has a clip; a replay at 20x gives its levels."""
+    """A simulated device is recorded; its alert has a clip; a replay at 20x gives its levels;
+    one started from the API goes out with the recording worker's account, svc.replay."""
+    creds = provision_many(["rec-00"], rstack.data)
     simulate(1, "127.0.0.1", rstack.mqtt_port, scene="street", frames=20, device_prefix="rec",
-             seed=3)
+             seed=3, credentials=creds)
     store = SQLiteStore(rstack.data / "soundmon.db")
     wait_until(lambda: store.count_levels("rec-00") == 20, 180,
                what="20 levels of rec-00 (the first batch may compile the DSP kernels)")
@@ -135,6 +172,7 @@ def test_record_listen_to_the_alert_and_replay_it_through_the_pipeline(
     result = _replay(rstack, "recording:rec-00", "--speed", "20", "--device", "replay-rec",
                      "--start", str(start), "--end", str(end))
     assert result["frames"] == result["acked"] == 20
+    assert "replay-rec" in _accounts(rstack)  # --provision made its account
     wait_until(lambda: store.count_levels("replay-rec") == 20, what="20 replayed levels")
     replayed = store.levels("replay-rec", 0, 2**62)
     assert [r.t_ms for r in replayed] == [r.t_ms for r in original]
@@ -142,12 +180,18 @@ def test_record_listen_to_the_alert_and_replay_it_through_the_pipeline(
         assert b.laeq == pytest.approx(a.laeq, abs=0.05), (a.seq, a.laeq, b.laeq)
         assert b.dbfs == pytest.approx(a.dbfs, abs=0.05)
 
-    # the same replay started from the API, run by the recording worker as a task
+    # the same replay started from the API, run by the recording worker as a task with its own
+    # account (svc.replay), as under Docker Compose: no account is made for the replay device
     r = api.post("/api/recordings/rec-00/replay", headers=AUTH,
                  json={"start": str(start), "end": str(end), "speed": 50, "device": "replay-api"})
     assert r.status_code == 202, r.text
     assert _task_result(api, r.json()["task_id"])["acked"] == 20
     wait_until(lambda: store.count_levels("replay-api") == 20, what="20 levels of replay-api")
+    assert "replay-api" not in _accounts(rstack)
+    # that account may publish as any device: never as a real one
+    r = api.post("/api/recordings/rec-00/replay", headers=AUTH,
+                 json={"start": str(start), "end": str(end), "device": "rec-00"})
+    assert r.status_code == 409 and "rec-00 is a live device" in r.json()["detail"], r.text
 
     # the same span through changed rules: the live rules raise the alert, 80 dB would not
     results = {}
@@ -177,7 +221,7 @@ def test_record_listen_to_the_alert_and_replay_it_through_the_pipeline(
     # cuts the whole clip, pre-roll before it opened to post-roll after it resolved
     store.set_rule_set("rec-00", {"level": {"min_db": 0, "max_db": 120, "resolve_s": 1}})
     simulate(1, "127.0.0.1", rstack.mqtt_port, scene="street", frames=10, device_prefix="rec",
-             seed=4)
+             seed=4, credentials=creds)
     ended = wait_until(lambda: store.alert(alert.id).ended_ms, 60, what="the alert to resolve")
     final = wait_until(lambda: (c := rec.clip(alert.id)) and c["end_ms"] == ended + 2000 and c,
                        60, what="the final clip")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import re
 import shlex
 from pathlib import Path
@@ -13,8 +14,11 @@ from click.testing import CliRunner
 from soundmon import tasknames
 from soundmon.brokersetup import MQTT_PORT, MQTTS_PORT, PASSWORD_ENV, compose_mosquitto_conf
 from soundmon.cli import COMMANDS, main
+from soundmon.provision import SERVICES as PROVISION_SERVICES
+from soundmon.provision import AuthFiles, password_hash
 from soundmon.services import redis_conf
 from soundmon.settings import Settings
+from soundmon.up import MQTT_ACCOUNTS
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -32,6 +36,8 @@ COMPOSE_ONLY = {*PASSWORD_ENV.values(), "SOUNDMON_TLS_HOSTS", "SOUNDMON_HTTP_PUB
                 "INFLUXDB_ADMIN_USER", "INFLUXDB_ADMIN_PASSWORD", "INFLUXDB_RETENTION",
                 "RABBITMQ_PASSWORD"}
 SOUNDMON_UID = "10001"
+#: variables holding an address for the user's browser, not for the container
+BROWSER_URLS = {"SOUNDMON_FLOWER_URL"}
 
 
 def _argv(service: dict) -> list[str]:
@@ -156,6 +162,8 @@ def test_settings_and_hosts_in_the_environment_match_the_code():
         env = SERVICES[name]["environment"]
         for var, value in env.items():
             assert var in fields or var in COMPOSE_ONLY, (name, var)
+            if var in BROWSER_URLS:
+                continue  # followed by a browser, not by the container: see the flower test
             for host in re.findall(r"//(?:[^@/]*@)?([a-z0-9-]+):\d+", str(value)):
                 assert host in SERVICES, (name, var, host)
         if name not in ONE_SHOT:
@@ -165,13 +173,54 @@ def test_settings_and_hosts_in_the_environment_match_the_code():
                 assert not _mounts(SERVICES[name]) and "influxdb" not in SERVICES[name]["depends_on"]
             else:
                 assert _mounts(SERVICES[name])[env["SOUNDMON_DATA"]] == "soundmon-data"
-    # the MQTT accounts: each service uses the account of its job, with that account's password
-    accounts = {"gateway": "svc.gateway", "worker-analyze": "svc.workers",
-                "worker-notify": "svc.workers", "dashboard": "svc.workers"}
-    for name, account in accounts.items():
+
+
+def test_services_use_the_mqtt_accounts_soundmon_up_gives_them():
+    """Each service has the broker account `soundmon up` gives its process, with its password
+    variable; the recording worker's is svc.replay (replays from the dashboard)."""
+    used = {name: SERVICES[name]["environment"] for name in SOUNDMON - ONE_SHOT
+            if "SOUNDMON_MQTT_USERNAME" in SERVICES[name]["environment"]}
+    assert {name: env["SOUNDMON_MQTT_USERNAME"] for name, env in used.items()} == MQTT_ACCOUNTS
+    assert MQTT_ACCOUNTS["worker-recording"] == "svc.replay"
+    for name, env in used.items():
+        account = env["SOUNDMON_MQTT_USERNAME"]
+        assert env["SOUNDMON_MQTT_PASSWORD"] == f"${{{PASSWORD_ENV[account]}:?set it in .env}}", name
+
+
+def test_broker_setup_writes_the_accounts_the_services_log_in_with(tmp_path: Path,
+                                                                   monkeypatch) -> None:
+    """Every service account has a password variable; broker-setup, given .env.example's
+    values, writes each account a service uses with the password that service gets."""
+    assert set(PASSWORD_ENV) == set(PROVISION_SERVICES)
+    example = dict(line.split("=", 1) for line in ENV_EXAMPLE.splitlines()
+                   if line and not line.startswith("#"))
+    for var in SERVICES["broker-setup"]["environment"]:
+        monkeypatch.setenv(var, example[var])
+    out = CliRunner().invoke(main, [*_argv(SERVICES["broker-setup"])[1:3], str(tmp_path)])
+    assert out.exit_code == 0, out.output
+    users = dict(line.split(":", 1)
+                 for line in AuthFiles(tmp_path).passwd.read_text().splitlines())
+    for name in SOUNDMON - ONE_SHOT:
         env = SERVICES[name]["environment"]
-        assert env["SOUNDMON_MQTT_USERNAME"] == account
-        assert PASSWORD_ENV[account] in env["SOUNDMON_MQTT_PASSWORD"]
+        if "SOUNDMON_MQTT_USERNAME" not in env:
+            continue
+        var = re.fullmatch(r"\$\{([A-Z0-9_]+):\?.*\}", env["SOUNDMON_MQTT_PASSWORD"])[1]
+        stored = users[env["SOUNDMON_MQTT_USERNAME"]]
+        salt = base64.b64decode(stored.split("$")[3])  # $7$<iterations>$<salt>$<hash>
+        assert password_hash(example[var], salt) == stored, name
+
+
+def test_the_dashboard_links_to_flower_where_a_browser_reaches_it():
+    """SOUNDMON_FLOWER_URL defaults to the host port Flower is published on, via localhost
+    (the server itself, or an ssh tunnel): Flower has no sign-in and is not behind nginx."""
+    url = _default(SERVICES["dashboard"]["environment"]["SOUNDMON_FLOWER_URL"])
+    m = re.fullmatch(r"http://(localhost|127\.0\.0\.1):(\d+)/?", url)
+    assert m, url
+    published = [str(p) for p in SERVICES["flower"]["ports"]]
+    assert published == [f"127.0.0.1:{m[2]}:{_option(_argv(SERVICES['flower']), '--port')}"]
+    assert "flower" not in NGINX and "5555" not in NGINX
+    assert f"# SOUNDMON_FLOWER_URL={url}" in ENV_EXAMPLE
+    assert set(BROWSER_URLS) == {"SOUNDMON_FLOWER_URL"}
 
 
 def test_every_variable_the_file_needs_is_in_env_example():

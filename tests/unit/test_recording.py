@@ -247,6 +247,16 @@ def test_a_file_is_cut_for_replay_as_soundmon_analyze_cuts_it(tmp_path: Path) ->
     assert hi.rate == 48_000 and next(hi.frames).samples.size == 24_000
 
 
+def test_a_replay_may_not_take_the_id_of_a_real_device() -> None:
+    """Unknown ids, earlier replays and devices without firmware pass; a real device does not."""
+    from soundmon.replay import REPLAY_FW, ReplayError, refuse_live_device
+
+    for info in (None, {"fw": REPLAY_FW}, {"fw": None}):
+        refuse_live_device("replay-x", info)
+    with pytest.raises(ReplayError, match="kitchen is a live device .* e.g. replay-kitchen"):
+        refuse_live_device("kitchen", {"fw": "1.0.0"})
+
+
 def test_a_recording_replays_with_its_times_and_restarts_at_gaps(tmp_path: Path) -> None:
     """recording: frames keep their times and sizes; after a gap or a reboot seq skips one."""
     from soundmon.replay import recording_source
