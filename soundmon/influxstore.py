@@ -141,6 +141,11 @@ def _r(v: float | None) -> float | None:
     return None if v is None else round(float(v), 2)
 
 
+def _export_order(r: LevelRow) -> tuple[int, str, int, int, int]:
+    """SQLite's ORDER BY of the export (soundmon.history.iter_level_rows)."""
+    return (r.t_ms, r.device, r.boot, r.seq, r.idx)
+
+
 class InfluxStore(SQLiteStore):
     """Levels in InfluxDB (see the module docstring); devices, calibration, alerts in SQLite."""
 
@@ -267,14 +272,22 @@ class InfluxStore(SQLiteStore):
                 for dev, points in zip(devices, found, strict=True) for p in points}
 
     def levels(self, device: str, start_ms: int, end_ms: int, limit: int = 10_000) -> list[LevelRow]:
-        """Levels of one device with start_ms <= t_ms <= end_ms, oldest first."""
+        """Levels of one device with start_ms <= t_ms <= end_ms, oldest first, in SQLite's order
+        (t_ms, boot, seq, idx) also where ``limit`` cuts a millisecond (see ``iter_levels``)."""
+        dev = f"device = {_quote(device)}"
         (points,) = self.query([
-            f"SELECT * FROM {MEASUREMENT} WHERE device = {_quote(device)} AND "
+            f"SELECT * FROM {MEASUREMENT} WHERE {dev} AND "
             f"{_ms_range(start_ms, end_ms, closed=True)} ORDER BY time ASC LIMIT {int(limit)}"
         ])
+        if points and len(points) == limit:  # the rest of the last millisecond may sort earlier
+            last_ns = int(points[-1]["time"])
+            ms_end_ns = last_ns - last_ns % NS_PER_MS + NS_PER_MS - 1
+            (more,) = self.query([f"SELECT * FROM {MEASUREMENT} WHERE {dev} AND time > {last_ns} "
+                                  f"AND time <= {ms_end_ns}"])
+            points += more
         rows = [self._row(device, p) for p in points]
         rows.sort(key=lambda r: (r.t_ms, r.boot, r.seq, r.idx))
-        return rows
+        return rows[:limit]
 
     @staticmethod
     def _row(device: str, p: dict[str, Any]) -> LevelRow:
@@ -292,30 +305,34 @@ class InfluxStore(SQLiteStore):
 
     def iter_levels(self, device: str | None, start_ms: int, end_ms: int,
                     page: int = 5000) -> Iterator[LevelRow]:
-        """Levels with start <= t < end (one device or all), oldest first, ``page`` at a time."""
+        """Levels with start <= t < end (one device or all), oldest first in SQLite's order
+        (t_ms, device, boot, seq, idx), read about ``page`` points at a time.
+
+        InfluxDB orders the points of one millisecond by their sub-ms part (seq, idx), so a page
+        ends on a whole millisecond: the last one of a full page is read again with the next
+        page (all at once, if one millisecond holds a page or more)."""
         dev = f"device = {_quote(device)} AND " if device else ""
-        lo_ns = max(0, min(start_ms, MAX_MS)) * NS_PER_MS
+        lo_ms = max(0, min(start_ms, MAX_MS))
         end_ns = max(0, min(end_ms, MAX_MS)) * NS_PER_MS
-        seen_at_lo: set[tuple[str, int, int, int]] = set()  # keys already yielded at time lo_ns
-        while True:
+        while lo_ms * NS_PER_MS < end_ns:
             (points,) = self.query([
-                f"SELECT * FROM {MEASUREMENT} WHERE {dev}time >= {lo_ns} AND time < {end_ns} "
-                f"ORDER BY time ASC LIMIT {int(page)}"
+                f"SELECT * FROM {MEASUREMENT} WHERE {dev}time >= {lo_ms * NS_PER_MS} "
+                f"AND time < {end_ns} ORDER BY time ASC LIMIT {int(page)}"
             ])
-            rows = []
-            for p in points:
-                r = self._row(p["device"], p)
-                if int(p["time"]) == lo_ns and (r.device, r.boot, r.seq, r.idx) in seen_at_lo:
-                    continue
-                rows.append((int(p["time"]), r))
-            rows.sort(key=lambda tr: (tr[0], tr[1].device, tr[1].boot, tr[1].seq, tr[1].idx))
-            yield from (r for _, r in rows)
-            if len(points) < page or not rows:
+            rows = [self._row(p["device"], p) for p in points]
+            if len(points) < page:
+                yield from sorted(rows, key=_export_order)
                 return
-            last = rows[-1][0]
-            seen_at_lo = {(r.device, r.boot, r.seq, r.idx) for t, r in rows if t == last} | (
-                seen_at_lo if last == lo_ns else set())
-            lo_ns = last
+            next_ms = rows[-1].t_ms  # the newest millisecond of the page: maybe not complete
+            if next_ms == lo_ms:
+                next_ms = lo_ms + 1
+                (points,) = self.query([
+                    f"SELECT * FROM {MEASUREMENT} WHERE {dev}time >= {lo_ms * NS_PER_MS} "
+                    f"AND time < {min(end_ns, next_ms * NS_PER_MS)}"
+                ])
+                rows = [self._row(p["device"], p) for p in points]
+            yield from sorted((r for r in rows if r.t_ms < next_ms), key=_export_order)
+            lo_ms = next_ms
 
     def history(self, device: str, start_ms: int, end_ms: int, points: int) -> dict[str, Any]:
         """As ``SQLiteStore.history`` (soundmon.history): energetic LAeq, LAFmax and LAFmin per

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -20,7 +22,13 @@ from soundmon.services import (
     soundmon_argv,
     wait_port,
 )
+from soundmon.settings import Settings
+from soundmon.store import SQLiteStore, open_store
+from tests.influxdb import InfluxD, V2WriteProxy, find_influxd
 from tests.rabbitmq import RabbitMQ, rabbitmq_installed
+
+if TYPE_CHECKING:
+    from soundmon.influxstore import InfluxConfig
 
 
 def wait_until(predicate, timeout: float = 30.0, interval: float = 0.1, what: str = "condition"):
@@ -77,6 +85,7 @@ class Stack:
         self.data.mkdir(exist_ok=True)
         self.mqtt_port = mqtt_port
         self.redis_port = redis_port
+        self._store: SQLiteStore | None = None
         self.env = dict(os.environ)
         self.env.update({
             "SOUNDMON_DATA": str(self.data),
@@ -135,9 +144,25 @@ class Stack:
 
         wait_until(ready, timeout, what="the gateway to connect")
 
+    def settings(self) -> Settings:
+        """The settings the stack's processes read from their ``SOUNDMON_*`` environment."""
+        given = {k.removeprefix("SOUNDMON_").lower(): v for k, v in self.env.items()
+                 if k.startswith("SOUNDMON_") and k not in ("SOUNDMON_DATA", "SOUNDMON_DATA_DIR")}
+        return Settings(SOUNDMON_DATA=str(self.data), **given)
+
+    def store(self) -> SQLiteStore:
+        """The store the workers write to (``open_store`` with the stack's settings: the SQLite
+        file, or InfluxDB for the levels), opened once and closed by ``stop``."""
+        if self._store is None:  # creating the SQLite file before the workers do is safe
+            self._store = open_store(self.settings())
+        return self._store
+
     def stop(self) -> None:
         for p in reversed(list(self.procs.values())):
             p.stop()
+        if self._store is not None and hasattr(self._store, "close"):
+            self._store.close()  # InfluxStore: its HTTP clients
+        self._store = None
 
     def logs(self) -> str:
         return "\n".join(f"--- {p.name}\n{p.log_path.read_text()[-4000:]}"
@@ -171,13 +196,80 @@ def celery_broker(request: pytest.FixtureRequest, redis_port: int) -> str:
 #: parametrize a module's tests over both Celery brokers: ``pytestmark = [..., BOTH_BROKERS]``
 BOTH_BROKERS = pytest.mark.parametrize("celery_broker", ["redis", "rabbitmq"], indirect=True)
 
+_influx_names = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def influx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[InfluxD, V2WriteProxy]]:
+    """One real InfluxDB 1.6 (Debian's ``influxdb``) for the whole session, and the v2-write
+    translation of tests/influxdb.py in front of it; each test takes its own ``influx_db``."""
+    if find_influxd() is None:
+        pytest.fail("influxd is not installed: run `make install` (Debian package influxdb)")
+    server = InfluxD(tmp_path_factory.mktemp("influxd")).start()
+    proxy = None
+    try:
+        proxy = V2WriteProxy(server.port).start()
+        yield server, proxy
+    finally:
+        if proxy is not None:
+            proxy.stop()
+        server.stop()
+
+
+@pytest.fixture
+def influx_db(influx: tuple[InfluxD, V2WriteProxy]) -> Iterator[InfluxConfig]:
+    """A store configuration with databases of this test's own (raw and 1-minute, retention
+    forever: test data is from 2026), dropped afterwards, so no test sees another's levels."""
+    from soundmon.influxstore import InfluxConfig
+
+    server, proxy = influx
+    name = f"t{next(_influx_names)}"
+    server.query(f'CREATE DATABASE "{name}"')
+    server.query(f'CREATE DATABASE "{name}_1m"')
+    try:
+        yield InfluxConfig(url=proxy.url, token="test-token", org="soundmon", bucket=name,
+                           bucket_1m=f"{name}_1m", raw_retention_days=10_000)
+    finally:
+        server.query(f'DROP DATABASE "{name}"')
+        server.query(f'DROP DATABASE "{name}_1m"')
+
+
+def influx_env(config: InfluxConfig) -> dict[str, str]:
+    """``config`` as the ``SOUNDMON_*`` variables a process reads (``SOUNDMON_STORE=influxdb``)."""
+    return {"SOUNDMON_STORE": "influxdb", "SOUNDMON_INFLUX_URL": config.url,
+            "SOUNDMON_INFLUX_TOKEN": config.token or "", "SOUNDMON_INFLUX_ORG": config.org,
+            "SOUNDMON_INFLUX_BUCKET": config.bucket, "SOUNDMON_INFLUX_BUCKET_1M": config.bucket_1m,
+            "SOUNDMON_INFLUX_RAW_RETENTION_DAYS": str(config.raw_retention_days)}
+
+
+@pytest.fixture
+def level_store(request: pytest.FixtureRequest) -> dict[str, str]:
+    """The stack's level store as ``SOUNDMON_*`` variables: the SQLite file, or InfluxDB (a
+    database of the test's own) when parametrized (indirect) so."""
+    kind = getattr(request, "param", "sqlite")
+    if kind == "influxdb":
+        return influx_env(request.getfixturevalue("influx_db"))
+    assert kind == "sqlite", kind
+    return {"SOUNDMON_STORE": "sqlite"}
+
+
+#: parametrize tests over both level stores: ``pytestmark = [..., BOTH_STORES]``; with
+#: BOTH_BROKERS the cross product (tests/integration/test_pipeline.py)
+BOTH_STORES = pytest.mark.parametrize("level_store", ["sqlite", "influxdb"], indirect=True)
+#: each broker and each store once, where the cross product costs more than it adds: the
+#: laptop default (Redis, SQLite) and the production one (RabbitMQ, InfluxDB)
+BROKER_STORE_PAIRS = pytest.mark.parametrize(
+    ("celery_broker", "level_store"), [("redis", "sqlite"), ("rabbitmq", "influxdb")],
+    indirect=True)
+
 
 @pytest.fixture
 def stack(request: pytest.FixtureRequest, tmp_path: Path, mosquitto: int,
-          redis_port: int, celery_broker: str) -> Iterator[Stack]:
-    """The pipeline (gateway and workers) on real mosquitto, redis and the ``celery_broker``."""
+          redis_port: int, celery_broker: str, level_store: dict[str, str]) -> Iterator[Stack]:
+    """The pipeline (gateway and workers) on real mosquitto, redis, the ``celery_broker`` and
+    the ``level_store``; ``stack.store()`` reads what the workers stored."""
     s = Stack(tmp_path, mosquitto, redis_port, SOUNDMON_VISIBILITY_TIMEOUT_S="8",
-              SOUNDMON_BROKER_URL=celery_broker)
+              SOUNDMON_BROKER_URL=celery_broker, **level_store)
     s.start()
     try:
         yield s

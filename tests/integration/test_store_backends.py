@@ -1,15 +1,18 @@
 """The store contract on both backends: SQLite, and InfluxDB (levels) + SQLite (the rest).
 
-The InfluxDB backend runs against a real server: Debian's InfluxDB 1.6 on a free loopback port,
-written to by ``influxdb-client`` through the v2 -> 1.x write-path translation of
-tests/influxdb.py and read through InfluxQL on ``/query`` (docs/influxdb.md says what this
-proves and what it does not). Statistics are compared with SQLite's on the same rows.
+The InfluxDB backend runs against a real server: Debian's InfluxDB 1.6 on a free loopback port
+(the session's ``influx`` fixture of tests/conftest.py, a database per test), written to by
+``influxdb-client`` through the v2 -> 1.x write-path translation of tests/influxdb.py and read
+through InfluxQL on ``/query`` (docs/influxdb.md says what this proves and what it does not).
+Statistics, chart buckets, the export and the dashboard's read endpoints are compared with
+SQLite's on the same rows.
 """
 
 from __future__ import annotations
 
+import csv
 import dataclasses
-import itertools
+import io
 import json
 import os
 import random
@@ -20,7 +23,9 @@ import sys
 import time
 from collections.abc import Iterator
 from datetime import datetime
+from operator import attrgetter
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -32,37 +37,12 @@ from soundmon.influxstore import InfluxConfig, InfluxStore
 from soundmon.settings import Settings
 from soundmon.store import LevelRow, SQLiteStore
 from tests.conftest import Stack, wait_until
-from tests.helpers import Publisher, dbfs_by_hand, hand_frame, sine
+from tests.helpers import Publisher, hand_frame, sine
 from tests.influxdb import InfluxD, V2WriteProxy
 
 pytestmark = pytest.mark.integration
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
-_db_names = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def influx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[InfluxD, V2WriteProxy]]:
-    """One influxd for the module, and the v2 write translation in front of it."""
-    server = InfluxD(tmp_path_factory.mktemp("influxd")).start()
-    proxy = None
-    try:
-        proxy = V2WriteProxy(server.port).start()
-        yield server, proxy
-    finally:
-        if proxy is not None:
-            proxy.stop()
-        server.stop()
-
-
-def influx_config(influx: tuple[InfluxD, V2WriteProxy]) -> InfluxConfig:
-    """Fresh databases for one test (kept forever: the test data is from 2026-01-01)."""
-    server, proxy = influx
-    name = f"t{next(_db_names)}"
-    server.query(f'CREATE DATABASE "{name}"')
-    server.query(f'CREATE DATABASE "{name}_1m"')
-    return InfluxConfig(url=proxy.url, token="test-token", org="soundmon", bucket=name,
-                        bucket_1m=f"{name}_1m", raw_retention_days=10_000)
 
 
 @pytest.fixture(params=["sqlite", "influxdb"])
@@ -70,7 +50,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SQLiteStor
     if request.param == "sqlite":
         yield SQLiteStore(tmp_path / "soundmon.db")
         return
-    s = InfluxStore(tmp_path / "soundmon.db", influx_config(request.getfixturevalue("influx")))
+    s = InfluxStore(tmp_path / "soundmon.db", request.getfixturevalue("influx_db"))
     try:
         yield s
     finally:
@@ -127,6 +107,35 @@ def test_levels_read_back_as_written(store: SQLiteStore) -> None:
     assert len(store.levels("kitchen", T0, T0 + 4000, limit=3)) == 3
     assert store.levels("porch", T0, T0 + 4000) == []
     assert json.dumps(got[0].api())  # the API view of a read-back row is plain JSON
+
+
+def test_iter_levels_gives_the_range_once_in_order(store: SQLiteStore) -> None:
+    """iter_levels (the export) gives every level with start <= t < end, of one device or of
+    all, each once, oldest first and, within a millisecond, by device, boot, seq and idx."""
+    rows = []
+    for i in range(30):  # three devices, two boots, levels and records sharing milliseconds
+        t = T0 + 500 * (i // 3)
+        rows.append(pcm(i, t, 50.0 + i))  # kitchen: seq 0..29
+        rows.append(pcm(997 - i, t, 60.0 + i, device="attic", boot=3))  # sub-ms part > kitchen's
+        rows.append(pcm(500 + i, t, 40.0, boot=6))  # kitchen, an earlier boot, later sub-ms
+    rows += [record(40, i, T0 + 1000, 70.0 - i) for i in range(4)]  # same ms as pcm rows
+    rows += [pcm(1000 + i, T0 + 4000, 45.0) for i in range(7)]  # seq mod 1000 = 0..6
+    store.insert_levels(rows)
+    order = attrgetter("t_ms", "device", "boot", "seq", "idx")  # SQLite's ORDER BY
+    for device, lo, hi in [(None, T0, T0 + 4500), ("kitchen", T0, T0 + 4500),
+                           (None, T0 + 500, T0 + 4000), ("attic", T0 + 1000, T0 + 1001),
+                           (None, T0 + 4500, T0 + 9000)]:
+        want = sorted((r for r in rows if lo <= r.t_ms < hi and device in (None, r.device)), key=order)
+        got = list(store.iter_levels(device, lo, hi))
+        assert [dataclasses.asdict(r) for r in got] == [dataclasses.asdict(r) for r in want], (
+            device, lo, hi)
+        if isinstance(store, InfluxStore):  # pages that end inside a millisecond, or within one
+            for page in (1, 2, 5, 9):
+                assert [order(r) for r in store.iter_levels(device, lo, hi, page=page)] == [
+                    order(r) for r in want], (device, lo, hi, page)
+    # levels() cut by its limit inside a millisecond keeps the first levels in the same order
+    assert [order(r) for r in store.levels("kitchen", T0, T0 + 4500, limit=5)] == [
+        order(r) for r in sorted((r for r in rows if r.device == "kitchen"), key=order)[:5]]
 
 
 def _day_of_rows(tz: ZoneInfo, start: int) -> list[LevelRow]:
@@ -203,12 +212,97 @@ def test_history_buckets_equal_sqlites(store: SQLiteStore, tmp_path: Path) -> No
         dataclasses.asdict(r) for r in reference.iter_levels(None, T0, T0 + 3_600_000)]
 
 
-def test_the_downsampled_bucket_keeps_statistics_energetic(influx, tmp_path: Path) -> None:
+def _rows_of_three_devices() -> list[LevelRow]:
+    """Six hours of the kitchen (frames and device-computed records), an attic whose frames
+    share milliseconds with the kitchen's, and a porch with a day of frames (Lden)."""
+    day = _day_of_rows(ZoneInfo("UTC"), T0)
+    rows = day[:1500] + day[-80:]
+    rows += [pcm(500 + i, T0 + 500 * i, 55.0 + i % 5, device="attic", boot=3) for i in range(300)]
+    rows += [pcm(i, T0 + 90_000 * i, 50.0 + i % 11, device="porch") for i in range(960)]
+    return rows
+
+
+def test_dashboard_reads_answer_the_same_on_both_stores(influx_db: InfluxConfig,
+                                                       tmp_path: Path) -> None:
+    """The dashboard's read endpoints over an InfluxStore answer as over an SQLiteStore with the
+    same rows: /levels and the CSV and JSON export byte for byte, /history and /stats within
+    0.01 dB (energy summed in another order: docs/influxdb.md)."""
+    rows = _rows_of_three_devices()
+    t_end = T0 + 86_400_000
+    requests = {
+        "levels": ("/api/devices/kitchen/levels", {"start": T0, "end": T0 + 7_200_000}),
+        "levels_cut": ("/api/devices/attic/levels", {"start": T0, "end": t_end, "limit": 100}),
+        "history": ("/api/devices/kitchen/history", {"start": T0, "end": T0 + 6 * 3_600_000,
+                                                     "points": 50}),
+        "history_offset": ("/api/devices/attic/history", {"start": T0 + 7_777, "end": T0 + 157_777,
+                                                          "points": 10}),
+        "stats": ("/api/devices/kitchen/stats", {"start": T0, "end": T0 + 6 * 3_600_000}),
+        "stats_day": ("/api/devices/porch/stats", {"start": T0, "end": t_end,
+                                                   "tz": "Europe/Berlin"}),
+        "stats_empty": ("/api/devices/kitchen/stats", {"start": t_end, "end": t_end + 3_600_000}),
+        "export_csv": ("/api/export/levels", {"start": T0, "end": T0 + 3_600_000}),
+        "export_json": ("/api/export/levels", {"start": T0 + 500, "end": T0 + 150_000,
+                                               "format": "json"}),
+        "export_device": ("/api/export/levels", {"device": "porch", "start": T0, "end": t_end}),
+    }
+    answers: dict[str, dict[str, Any]] = {}
+    for kind in ("sqlite", "influxdb"):
+        path = tmp_path / kind / "soundmon.db"
+        store = SQLiteStore(path) if kind == "sqlite" else InfluxStore(path, influx_db)
+        try:
+            for i in range(0, len(rows), 2000):
+                store.insert_levels(rows[i:i + 2000])
+            store.touch_devices(rows)
+            # no Redis runs: these reads never touch it
+            settings = Settings(SOUNDMON_DATA=str(path.parent), api_token="test-token",
+                                redis_url="redis://127.0.0.1:9/0")
+            with TestClient(create_app(settings, store)) as client:
+                answers[kind] = {}
+                for name, (url, params) in requests.items():
+                    got = client.get(url, params=params,
+                                     headers={"Authorization": "Bearer test-token"})
+                    assert got.status_code == 200, (kind, name, got.text)
+                    answers[kind][name] = got
+        finally:
+            if isinstance(store, InfluxStore):
+                store.close()
+    want, got = answers["sqlite"], answers["influxdb"]
+    for name in ("levels", "levels_cut", "export_csv", "export_json", "export_device"):
+        assert got[name].text == want[name].text, name
+        assert got[name].headers["content-type"] == want[name].headers["content-type"], name
+    assert len(want["levels"].json()["levels"]) == sum(
+        1 for r in rows if r.device == "kitchen" and T0 <= r.t_ms <= T0 + 7_200_000)
+    assert len(want["levels_cut"].json()["levels"]) == 100
+    exported = list(csv.DictReader(io.StringIO(want["export_csv"].text)))
+    assert {r["device"] for r in exported} == {"kitchen", "attic", "porch"}
+    assert len(json.loads(want["export_json"].text)) > 300
+    for name in ("history", "history_offset"):
+        w, g = want[name].json(), got[name].json()
+        assert {k: v for k, v in g.items() if k != "points"} == {
+            k: v for k, v in w.items() if k != "points"}, name
+        assert [(p["t_ms"], p["n"]) for p in g["points"]] == [(p["t_ms"], p["n"]) for p in w["points"]]
+        for gp, wp in zip(g["points"], w["points"], strict=True):
+            for key in ("laeq", "lafmax", "lafmin"):
+                assert gp[key] == pytest.approx(wp[key], abs=0.01), (name, key, gp, wp)
+    for name in ("stats", "stats_day", "stats_empty"):
+        w, g = want[name].json(), got[name].json()
+        assert g.keys() == w.keys(), name
+        for key, value in w.items():
+            if value is None or isinstance(value, str):
+                assert g[key] == value, (name, key, g)
+            else:
+                assert g[key] == pytest.approx(value, abs=0.01), (name, key, g, w)
+    assert want["stats_day"].json()["lden"] is not None
+    assert want["stats_empty"].json()["laeq"] is None
+
+
+def test_the_downsampled_bucket_keeps_statistics_energetic(influx_db: InfluxConfig,
+                                                           tmp_path: Path) -> None:
     """1-minute aggregates give the raw data's LAeq, LAmax, LAmin, coverage and Lden (exactly:
     energy and duration add up); percentiles of 1 s values cannot come from them and are null."""
     # downsample_every_s=0: every batch refreshes the minutes it wrote to (default: every 10 s)
     store = InfluxStore(tmp_path / "soundmon.db",
-                        dataclasses.replace(influx_config(influx), downsample_every_s=0))
+                        dataclasses.replace(influx_db, downsample_every_s=0))
     try:
         tz = ZoneInfo("Europe/Berlin")
         start = int(datetime(2026, 3, 10, 0, 0, tzinfo=tz).timestamp() * 1000)
@@ -240,11 +334,11 @@ def test_the_downsampled_bucket_keeps_statistics_energetic(influx, tmp_path: Pat
         store.close()
 
 
-def test_grafana_dashboard_queries_run_on_the_data(influx, tmp_path: Path) -> None:
+def test_grafana_dashboard_queries_run_on_the_data(influx_db: InfluxConfig, tmp_path: Path) -> None:
     """Every InfluxQL query of deploy/grafana/soundmon.json runs (Grafana's macros filled in as
     Grafana does), returns each device, and the range LAeq panel equals the store's LAeq."""
     dashboard = json.loads((Path(__file__).parents[2] / "deploy/grafana/soundmon.json").read_text())
-    store = InfluxStore(tmp_path / "soundmon.db", influx_config(influx))
+    store = InfluxStore(tmp_path / "soundmon.db", influx_db)
     try:
         rows = [pcm(i, T0 + 500 * i, 50.0 + i % 7) for i in range(600)]
         rows += [pcm(i, T0 + 500 * i, 66.0 + i % 3, device="porch") for i in range(600)]
@@ -269,10 +363,11 @@ def test_grafana_dashboard_queries_run_on_the_data(influx, tmp_path: Path) -> No
         store.close()
 
 
-def test_levels_older_than_the_retention_are_dropped_not_retried(influx, tmp_path: Path) -> None:
+def test_levels_older_than_the_retention_are_dropped_not_retried(
+        influx: tuple[InfluxD, V2WriteProxy], influx_db: InfluxConfig, tmp_path: Path) -> None:
     """Records from before the bucket's retention (a long outage) are dropped with a warning;
     the rest of the batch is stored and the write does not fail (a retry could never succeed)."""
-    config = influx_config(influx)
+    config = influx_db
     server, _ = influx
     server.query(f'ALTER RETENTION POLICY "autogen" ON "{config.bucket}" DURATION 1h SHARD DURATION 1h')
     store = InfluxStore(tmp_path / "soundmon.db", config)
@@ -284,62 +379,40 @@ def test_levels_older_than_the_retention_are_dropped_not_retried(influx, tmp_pat
         store.close()
 
 
-def test_pipeline_stores_levels_in_influxdb(request: pytest.FixtureRequest, influx, tmp_path: Path,
-                                           mosquitto: int, redis_port: int) -> None:
-    """SOUNDMON_STORE=influxdb: gateway and workers as processes write the levels to InfluxDB
-    (through influxdb-client's v2 write), the device registry stays in SQLite."""
-    config = influx_config(influx)
+@pytest.mark.parametrize("level_store", ["influxdb"], indirect=True)
+def test_pipeline_stores_levels_in_influxdb(stack: Stack,
+                                           influx: tuple[InfluxD, V2WriteProxy]) -> None:
+    """SOUNDMON_STORE=influxdb: the workers write the levels to InfluxDB through influxdb-client's
+    v2 write, none to SQLite's level table; the device registry stays in SQLite; the API built
+    by create_app from the same settings reads InfluxDB. (Values, duplicates and the rest:
+    tests/integration/test_pipeline.py runs on both stores.)"""
     _, proxy = influx
     writes_before = proxy.writes
-    stack = Stack(tmp_path, mosquitto, redis_port, SOUNDMON_VISIBILITY_TIMEOUT_S="8",
-                  SOUNDMON_STORE="influxdb", SOUNDMON_INFLUX_URL=config.url,
-                  SOUNDMON_INFLUX_TOKEN="test-token", SOUNDMON_INFLUX_ORG=config.org,
-                  SOUNDMON_INFLUX_BUCKET=config.bucket, SOUNDMON_INFLUX_BUCKET_1M=config.bucket_1m)
-    stack.start()
-    store = None
-    try:
-        pub = Publisher(stack.mqtt_port)
-        t0 = int(time.time() * 1000)
-        sent = {}
-        for seq in range(12):
-            samples = sine(1000, 1000 * (seq + 1), 8000, 4000, offset=300)
-            sent[seq] = dbfs_by_hand(samples)
-            pub.publish("soundmon/v1/kitchen/frame", hand_frame(seq, 77, t0 + seq * 500, 8000, samples))
-        pub.publish("soundmon/v1/kitchen/frame", hand_frame(3, 77, t0 + 1500, 8000,
-                                                            sine(1000, 4000, 8000, 4000, offset=300)))
-        pub.close()
-        store = InfluxStore(stack.data / "soundmon.db", config)
-        wait_until(lambda: store.count_levels("kitchen") == 12, timeout=180,  # cold workers: slow
-                   what="12 levels in InfluxDB")
-        rows = store.levels("kitchen", 0, 2**62)
-        assert [r.seq for r in rows] == list(range(12))
-        assert [r.t_ms for r in rows] == [t0 + s * 500 for s in range(12)]
-        for r in rows:
-            assert r.dbfs == pytest.approx(sent[r.seq], abs=0.01)
-            assert r.laeq == pytest.approx(sent[r.seq] + r.k_db, abs=0.05)
-        assert proxy.writes > writes_before
-        wait_until(lambda: store.device("kitchen") is not None, what="the device in the registry")
-        with sqlite3.connect(stack.data / "soundmon.db") as db:  # levels went to InfluxDB only
-            assert db.execute("SELECT count(*) FROM levels").fetchone()[0] == 0
-        stats = store.stats("kitchen", t0, t0 + 6000)
-        assert stats["coverage"] == 1.0 and stats["laeq"] is not None
-        # the API, built by create_app from the same settings, reads the levels from InfluxDB
-        settings = Settings(SOUNDMON_DATA=str(stack.data), api_token="test-token",
-                            redis_url=f"redis://127.0.0.1:{redis_port}/0", store="influxdb",
-                            influx_url=config.url, influx_token="test-token",
-                            influx_bucket=config.bucket, influx_bucket_1m=config.bucket_1m)
-        with TestClient(create_app(settings)) as client:
-            auth = {"Authorization": "Bearer test-token"}
-            got = client.get("/api/devices/kitchen/stats", params={"start": t0, "end": t0 + 6000},
-                             headers=auth)
-            assert got.status_code == 200, got.text
-            assert got.json() == {"device": "kitchen", **stats}
-            got = client.get("/api/devices/kitchen/levels", params={"start": t0, "end": t0 + 6000},
-                             headers=auth)
-            assert [lv["seq"] for lv in got.json()["levels"]] == list(range(12))
-            assert isinstance(client.app.state.store, InfluxStore)
-    finally:
-        if store is not None:
-            store.close()
-        stack.stop()
-        request.node.add_report_section("teardown", "service logs", stack.logs())
+    pub = Publisher(stack.mqtt_port)
+    t0 = int(time.time() * 1000)
+    for seq in range(12):
+        pub.publish("soundmon/v1/kitchen/frame",
+                    hand_frame(seq, 77, t0 + seq * 500, 8000, sine(1000, 1000 * (seq + 1), 8000, 4000)))
+    pub.close()
+    store = stack.store()
+    assert isinstance(store, InfluxStore)
+    wait_until(lambda: store.count_levels("kitchen") == 12, timeout=180,  # cold workers: slow
+               what="12 levels in InfluxDB")
+    assert [r.seq for r in store.levels("kitchen", 0, 2**62)] == list(range(12))
+    assert proxy.writes > writes_before
+    wait_until(lambda: store.device("kitchen") is not None, what="the device in the registry")
+    with sqlite3.connect(stack.data / "soundmon.db") as db:  # levels went to InfluxDB only
+        assert db.execute("SELECT count(*) FROM levels").fetchone()[0] == 0
+    stats = store.stats("kitchen", t0, t0 + 6000)
+    assert stats["coverage"] == 1.0 and stats["laeq"] is not None
+    with TestClient(create_app(stack.settings())) as client:
+        auth = {"Authorization": "Bearer test-token"}
+        got = client.get("/api/devices/kitchen/stats", params={"start": t0, "end": t0 + 6000},
+                         headers=auth)
+        assert got.status_code == 200, got.text
+        assert got.json() == {"device": "kitchen", **stats}
+        got = client.get("/api/devices/kitchen/levels", params={"start": t0, "end": t0 + 6000},
+                         headers=auth)
+        assert [lv["seq"] for lv in got.json()["levels"]] == list(range(12))
+        assert isinstance(client.app.state.store, InfluxStore)
+        client.app.state.store.close()
