@@ -9,7 +9,7 @@
 * Subscriptions are (re)made in ``on_connect``; ``--share-group`` joins ``$share/<group>/``
   so several gateways split the devices' frames.
 * Batches wait up to ``SOUNDMON_BATCH_MAX_WAIT_MS`` to fill while the workers keep up; while
-  batches queue in the broker (Redis), the window grows up to 250 ms
+  tasks queue in the broker (Redis: preprocess or store tasks), the window grows up to 250 ms
   (``gateway.intake.batch_wait_s``), so a backlog is worked off in full batches.
 * Each batch is written to the handoff ledger in Redis (``soundmon.handoff``) before its
   task is sent, and that write is what lets its frames be acknowledged: a task lost on the
@@ -146,30 +146,36 @@ class Gateway:
                               confirm_timeout=CONFIRM_TIMEOUT_S)
 
     def queued_tasks(self) -> int:
-        """Batches in the preprocess queue that no worker has taken yet (0 if unknown).
+        """Tasks in the preprocess and analyze queues that no worker has taken yet (0 if
+        unknown): a batch waits behind the DSP and then behind the store step, and a backlog
+        in either is worked off faster in fuller batches (``gateway.intake.batch_wait_s``).
 
-        Cheap on Redis (LLEN; asked before every batch). On RabbitMQ it is not asked here."""
+        Cheap on Redis (two LLEN in one round trip; asked before every batch). On RabbitMQ it
+        is not asked here, except by the sweep (``sweep_backlog``)."""
         if self._broker is None:
             return 0
         try:
-            return int(self._broker.llen(tasknames.PREPROCESS_QUEUE))
+            return self._queue_depth(self._broker)
         except redis.RedisError:
             return 0  # the send below finds out whether the broker is there
+
+    @staticmethod
+    def _queue_depth(broker: redis.Redis) -> int:
+        pipe = broker.pipeline(transaction=False)
+        for q in (tasknames.PREPROCESS_QUEUE, tasknames.ANALYZE_QUEUE):
+            pipe.llen(q)
+        return sum(int(n) for n in pipe.execute())
 
     def sweep_backlog(self) -> int:
         """Tasks ready in the preprocess and analyze queues (a batch's store step waits in the
         latter), on either broker (0 if unknown); the sweep asks this only when some batch is
         overdue, so a RabbitMQ round trip here is rare."""
-        queues = (tasknames.PREPROCESS_QUEUE, tasknames.ANALYZE_QUEUE)
         try:
             if self._broker is not None:
-                pipe = self._broker.pipeline(transaction=False)
-                for q in queues:
-                    pipe.llen(q)
-                return sum(int(n) for n in pipe.execute())
+                return self._queue_depth(self._broker)
             with self.celery.connection_for_read() as conn:
                 return sum(int(conn.default_channel.queue_declare(q, passive=True).message_count)
-                           for q in queues)
+                           for q in (tasknames.PREPROCESS_QUEUE, tasknames.ANALYZE_QUEUE))
         except Exception as exc:  # noqa: BLE001 - unknown backlog: sweep, duplicates are harmless
             log.debug("could not read the queue depths: %s", exc)
             return 0

@@ -211,6 +211,7 @@ class Recording:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.default_enabled = default_enabled
         self._local = threading.local()
+        self._device_dirs: set[str] = set()  # made already (a mkdir per batch was 20 % of record)
         db = self._db()
         db.executescript(SCHEMA)
 
@@ -272,7 +273,9 @@ class Recording:
         with self._tx() as db:
             for device, items in by_device.items():
                 rel = _spool_name(device, _spool_gen(db, device))
-                (self.dir / device).mkdir(exist_ok=True)
+                if device not in self._device_dirs:
+                    (self.dir / device).mkdir(exist_ok=True)
+                    self._device_dirs.add(device)
                 with open(self.dir / rel, "ab") as fh:
                     offset = fh.tell()
                     for t_ms, _, f in items:

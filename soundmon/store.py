@@ -14,7 +14,8 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -513,63 +514,83 @@ class SQLiteStore:
     def run_analysis(
         self, device: str, analyse: Callable[[int, dict[str, Any], dict[str, Alert]], Any]
     ) -> Any:
-        """Analyse one device under the database write lock and commit the outcome atomically.
+        """Analyse one device under the database write lock (see ``run_analyses``)."""
+        return self.run_analyses({device: analyse})[device]
 
-        ``analyse(hwm_t_ms, state, open_alerts)`` returns an object with ``hwm_t_ms``,
-        ``state``, ``opened`` (alerts), ``resolved`` ((id, ended_ms) pairs), ``worst``
-        ((id, value) pairs) and ``extended`` ((id, last_out_ms, last_seq)). Holding the lock
-        from read to write means two analyze processes never interleave on one device.
+    def run_analyses(
+        self, analyses: Mapping[str, Callable[[int, dict[str, Any], dict[str, Alert]], Any]]
+    ) -> dict[str, Any]:
+        """Analyse devices under the database write lock and commit the outcomes atomically.
+
+        ``analyses`` maps each device to ``analyse(hwm_t_ms, state, open_alerts)``, which
+        returns an object with ``hwm_t_ms``, ``state``, ``opened`` (alerts), ``resolved``
+        ((id, ended_ms) pairs), ``worst`` ((id, value) pairs) and ``extended`` ((id,
+        last_out_ms, last_seq)). Holding the lock from read to write means two analyze
+        processes never interleave on one device; one transaction for all the devices of a
+        batch (with real-time devices, one frame each) costs one commit, not one per device.
         Alerts in ``opened`` get their ids set; an alert the unique index refuses (already
         open) is dropped from ``opened``. The same transaction writes an ``opened`` /
         ``resolved`` alert event for the notify queue (ids in ``outcome.events``), so a
         notification is never lost to a crash after the commit.
         """
         t_now = now_ms()
-        events: list[int] = []
+        devices = list(analyses)
+        outcomes: dict[str, Any] = {}
+        marks = ",".join("?" * len(devices))
         with self._conn() as db, _transaction(db):
-            row = db.execute(
-                "SELECT hwm_t_ms, state_json FROM alert_state WHERE device=?", (device,)
-            ).fetchone()
-            hwm, state = (row[0], jsonfast.loads(row[1])) if row else (-1, {})
-            open_rows = db.execute(
-                "SELECT * FROM alerts WHERE device=? AND ended_ms IS NULL", (device,)
-            ).fetchall()
-            outcome = analyse(hwm, state, {r["kind"]: self._alert(r) for r in open_rows})
-            for alert_id, value in outcome.worst:
-                db.execute("UPDATE alerts SET worst=? WHERE id=?", (value, alert_id))
-            for alert_id, last_out, last_seq in getattr(outcome, "extended", ()):
-                db.execute("UPDATE alerts SET last_out_ms=?, last_seq=? WHERE id=?",
-                           (last_out, last_seq, alert_id))
-            for alert_id, ended in outcome.resolved:
-                cur = db.execute(
-                    "UPDATE alerts SET state='resolved', ended_ms=? WHERE id=? AND ended_ms IS NULL",
-                    (ended, alert_id),
-                )
-                if cur.rowcount:
-                    events.append(self._add_event(db, alert_id, "resolved", 0, t_now))
-            made = []
-            for a in outcome.opened:
-                cur = db.execute(
-                    f"INSERT OR IGNORE INTO alerts ({','.join(ALERT_COLUMNS)}) "
-                    f"VALUES ({','.join('?' * len(ALERT_COLUMNS))})",
-                    tuple(json.dumps(a.extra) if c == "extra" else getattr(a, c)
-                          for c in ALERT_COLUMNS),
-                )
-                if cur.rowcount:
-                    a.id = cur.lastrowid or 0
-                    made.append(a)
-                    events.append(self._add_event(db, a.id, "opened", 0, t_now))
-                    if a.ended_ms is not None:  # opened and resolved within this batch
-                        events.append(self._add_event(db, a.id, "resolved", 0, t_now))
-            outcome.opened = made
-            db.execute(
-                "INSERT INTO alert_state (device, hwm_t_ms, state_json) VALUES (?,?,?) "
-                "ON CONFLICT(device) DO UPDATE SET hwm_t_ms=excluded.hwm_t_ms, "
-                "state_json=excluded.state_json",
-                (device, outcome.hwm_t_ms, jsonfast.dumps(outcome.state)),
+            states = {r[0]: (r[1], r[2]) for r in db.execute(
+                f"SELECT device, hwm_t_ms, state_json FROM alert_state WHERE device IN ({marks})",
+                devices)}
+            open_by_device: dict[str, dict[str, Alert]] = defaultdict(dict)
+            for r in db.execute(
+                    f"SELECT * FROM alerts WHERE device IN ({marks}) AND ended_ms IS NULL", devices):
+                open_by_device[r["device"]][r["kind"]] = self._alert(r)
+            for device, analyse in analyses.items():
+                hwm, state_json = states.get(device, (-1, None))
+                state = jsonfast.loads(state_json) if state_json else {}
+                outcome = analyse(hwm, state, open_by_device.get(device, {}))
+                outcome.events = self._apply_outcome(db, device, outcome, t_now)
+                outcomes[device] = outcome
+        return outcomes
+
+    def _apply_outcome(self, db: sqlite3.Connection, device: str, outcome: Any,
+                       t_now: int) -> list[int]:
+        """Write one device's analysis outcome (inside ``run_analyses``' transaction)."""
+        events: list[int] = []
+        for alert_id, value in outcome.worst:
+            db.execute("UPDATE alerts SET worst=? WHERE id=?", (value, alert_id))
+        for alert_id, last_out, last_seq in getattr(outcome, "extended", ()):
+            db.execute("UPDATE alerts SET last_out_ms=?, last_seq=? WHERE id=?",
+                       (last_out, last_seq, alert_id))
+        for alert_id, ended in outcome.resolved:
+            cur = db.execute(
+                "UPDATE alerts SET state='resolved', ended_ms=? WHERE id=? AND ended_ms IS NULL",
+                (ended, alert_id),
             )
-        outcome.events = [e for e in events if e]
-        return outcome
+            if cur.rowcount:
+                events.append(self._add_event(db, alert_id, "resolved", 0, t_now))
+        made = []
+        for a in outcome.opened:
+            cur = db.execute(
+                f"INSERT OR IGNORE INTO alerts ({','.join(ALERT_COLUMNS)}) "
+                f"VALUES ({','.join('?' * len(ALERT_COLUMNS))})",
+                tuple(json.dumps(a.extra) if c == "extra" else getattr(a, c)
+                      for c in ALERT_COLUMNS),
+            )
+            if cur.rowcount:
+                a.id = cur.lastrowid or 0
+                made.append(a)
+                events.append(self._add_event(db, a.id, "opened", 0, t_now))
+                if a.ended_ms is not None:  # opened and resolved within this batch
+                    events.append(self._add_event(db, a.id, "resolved", 0, t_now))
+        outcome.opened = made
+        db.execute(
+            "INSERT INTO alert_state (device, hwm_t_ms, state_json) VALUES (?,?,?) "
+            "ON CONFLICT(device) DO UPDATE SET hwm_t_ms=excluded.hwm_t_ms, "
+            "state_json=excluded.state_json",
+            (device, outcome.hwm_t_ms, jsonfast.dumps(outcome.state)),
+        )
+        return [e for e in events if e]
 
     def open_alerts(self, device: str) -> dict[str, Alert]:
         with self._conn() as db:
@@ -621,9 +642,16 @@ class SQLiteStore:
     # ---- rules ------------------------------------------------------------------------------
     def rule_set(self, scope: str) -> dict[str, Any] | None:
         """The stored rule set of a scope ('' = the defaults, else a device's override)."""
+        return self.rule_sets([scope])[scope]
+
+    def rule_sets(self, scopes: Iterable[str]) -> dict[str, dict[str, Any] | None]:
+        """The stored rule sets of several scopes in one query (None where there is none)."""
+        wanted = list(dict.fromkeys(scopes))
         with self._conn() as db:
-            r = db.execute("SELECT rules_json FROM rule_sets WHERE scope=?", (scope,)).fetchone()
-        return json.loads(r[0]) if r else None
+            found = dict(db.execute(
+                f"SELECT scope, rules_json FROM rule_sets WHERE scope IN ({','.join('?' * len(wanted))})",
+                wanted).fetchall()) if wanted else {}
+        return {scope: json.loads(found[scope]) if scope in found else None for scope in wanted}
 
     def set_rule_set(self, scope: str, rules: dict[str, Any] | None) -> None:
         """Store (or with None, remove) a scope's rule set."""

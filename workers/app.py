@@ -123,14 +123,16 @@ def store_levels(batch_id: str | None, values: list[list[Any]],
     if entries:
         recordtasks.record(decode_batch(entries))  # raw audio, before anything is announced
     calibrate_rows(rows, store.calibrations({r.device for r in rows}))
-    new = store.insert_levels(rows)
     latest: dict[str, LevelRow] = {}
     for r in rows:
         if r.device not in latest or r.t_ms >= latest[r.device].t_ms:
             latest[r.device] = r
+    # three short transactions, not one: with two analyze processes, one long hold of the
+    # write lock made the other wait (p99 publish -> stored 280-440 ms against 185-210 ms)
+    new = store.insert_levels(rows)
     store.touch_devices(latest.values())
-    events.publish(outputs.redis_client(), "level", [_live(r) for r in rows])
-    analyse_levels([_analysis_input(r) for r in rows])
+    events.publish(outputs.redis_client(), "level", [_live(r) for r in rows])  # stored: say so
+    announce(check_rules(store, [_analysis_input(r) for r in rows]))
     if batch_id is not None:
         ledger.done(batch_id)
     return new
@@ -144,36 +146,42 @@ def analyze(levels: list[dict[str, Any]]) -> int:
 
 
 def analyse_levels(levels: list[dict[str, Any]]) -> int:
-    """Evaluate each device's rules, open and resolve alerts, and hand the changes to notify.
+    """Check levels against the rules and announce the alert events; returns how many."""
+    alert_events = check_rules(outputs.store(), levels)
+    announce(alert_events)
+    return len(alert_events)
 
-    The alert events are written with the alerts (``run_analysis``); the ``notify`` queue
-    (``workers.notify``) announces them on the live stream, MQTT and the user's channels.
+
+def check_rules(store: Any, levels: list[dict[str, Any]]) -> list[int]:
+    """Evaluate each device's rules, open and resolve alerts; returns the new alert events.
+
+    The alert events are written with the alerts (``run_analyses``), in the caller's
+    transaction if there is one; ``announce`` hands them to the notify queue after the commit.
     """
     s = get_settings()
     by_device: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for lv in levels:
         by_device[lv["device"]].append(lv)
-    changed = 0
-    store = outputs.store()
-    for device, items in by_device.items():
-        device_rules = rules.load(store, device, s)
-        outcome = store.run_analysis(
-            device,
-            lambda hwm, st, open_, d=device, i=items, r=device_rules: analyse(
-                d, i, hwm, st, open_, r, now_ms()),
-        )
-        for alert in [*outcome.opened, *outcome.resolved_alerts]:
-            # hook for the recording queue: cut the alert's audio clip after the post-roll,
-            # early when it opens, whole when it resolves (workers.recordtasks.clip)
-            app.send_task(tasknames.CLIP, args=[alert.id], countdown=s.clip_postroll_s + 2)
+    device_rules = rules.load_many(store, by_device, s)
+    outcomes = store.run_analyses({
+        device: (lambda hwm, st, open_, d=device, i=items, r=device_rules[device]: analyse(
+            d, i, hwm, st, open_, r, now_ms()))
+        for device, items in by_device.items()})
+    alert_events: list[int] = []
+    for outcome in outcomes.values():
         for alert in [*outcome.opened, *outcome.resolved_alerts]:
             log.info("alert %d %s %s %s value=%s", alert.id, alert.device, alert.kind,
                      alert.state, alert.value)
-        if outcome.events:
-            app.send_task(tasknames.NOTIFY, args=[outcome.events])
-            changed += len(outcome.events)
+        alert_events.extend(outcome.events)
+    return alert_events
+
+
+def announce(alert_events: list[int]) -> None:
+    """Committed alert events to the notify queue (``workers.notify``: the live stream, MQTT,
+    the user's channels and the alert's clip), one task for the batch, in order."""
+    if alert_events:
+        app.send_task(tasknames.NOTIFY, args=[alert_events])
     notify.resend_stale_events()
-    return changed
 
 
 @app.task(name=tasknames.DEVICE_STATUS, **RETRY)
@@ -186,6 +194,10 @@ def device_status(device: str, status: dict[str, Any], recv_ms: int | None = Non
         events.publish(outputs.redis_client(), "device", info)
 
 
+#: niceness of the recording worker (0 is normal, 19 the lowest priority)
+BACKGROUND_NICE = 10
+
+
 def _celery_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "celery", "-A", "workers.app", *args]
 
@@ -194,7 +206,7 @@ def _celery_argv(*args: str) -> list[str]:
 @click.argument("queue", type=click.Choice([tasknames.PREPROCESS_QUEUE, tasknames.ANALYZE_QUEUE,
                                            tasknames.RECORDING_QUEUE, tasknames.NOTIFY_QUEUE]))
 @click.option("--concurrency", "-c", type=int, default=None,
-              help="Worker processes (default: 1 for analyze, else 2).")
+              help="Worker processes (default 2).")
 @click.option("--name", default=None, help="Node name (default QUEUE@%h).")
 @click.option("--loglevel", default="INFO", show_default=True)
 @click.option("--data", "data_dir", type=click.Path(file_okay=False), default=None,
@@ -204,7 +216,16 @@ def worker_command(queue: str, concurrency: int | None, name: str | None, loglev
     """Run a Celery worker for the preprocess, analyze, recording or notify queue."""
     if data_dir:
         os.environ["SOUNDMON_DATA"] = data_dir
-    conc = concurrency or (1 if queue == tasknames.ANALYZE_QUEUE else 2)
+    # analyze: two processes too, so one slow store step (a batch with many alerts) never
+    # holds up the next; the store's write lock keeps each device's analysis whole, and the
+    # analysis puts each device's frames back in order (workers.analysis.release_in_order)
+    conc = concurrency or 2
+    if queue == tasknames.RECORDING_QUEUE:
+        # Background work (FLAC rotation, alert clips, file analyses) yields the CPU to the
+        # live path: an alert storm's clips once took both cores for seconds and delayed
+        # every level by up to 0.7 s (docs/performance.md). Raising one's niceness needs no
+        # privilege, in a container too.
+        os.nice(BACKGROUND_NICE)
     argv = _celery_argv("worker", "-Q", queue, "-n", name or f"{queue}@%h", "-c", str(conc),
                         "--loglevel", loglevel, "--without-gossip", "--without-mingle")
     os.execv(sys.executable, argv)

@@ -2,10 +2,12 @@
 
 Flow (docs/notifications.md):
 
-1. ``SQLiteStore.run_analysis`` writes an ``opened``/``resolved`` alert event in the same
-   transaction as the alert (an outbox), and the analyze task sends ``soundmon.notify`` with
-   the new event ids. Events no task took up (an analyze worker killed after its commit) are
-   sent again by the next analyze task after ``STALE_EVENT_MS``.
+1. ``SQLiteStore.run_analyses`` writes an ``opened``/``resolved`` alert event in the same
+   transaction as the alert (an outbox), and the store step sends ``soundmon.notify`` with
+   the new event ids (one task per batch). ``notify`` also sends the alert's clip task to
+   the recording queue for each ``opened`` and ``resolved``. Events no task took up (an
+   analyze worker killed after its commit) are sent again by the next analyze task after
+   ``STALE_EVENT_MS``.
 2. ``notify`` routes each event: the built-in ``live`` and ``mqtt`` channels plus every stored
    channel whose routing takes it. It writes one delivery row per channel (once: a unique
    key), sends the built-ins at once, in order, and one ``soundmon.deliver`` task per other
@@ -123,6 +125,12 @@ def notify(self: Any, event_ids: list[int]) -> int:
                 app.send_task(tasknames.DELIVER, args=[d["id"]])
                 store.mark_dispatched(d["id"])
             started += 1
+        if ev["event"] in ("opened", "resolved"):
+            # the alert's audio clip, after the post-roll: a first cut when it opens, the whole
+            # clip when it resolves (workers.recordtasks.clip). Sent from here, the outbox of
+            # alert events, rather than from the store step: an alert storm's clip tasks then
+            # never hold up the levels, and a crash after the commit loses no clip either.
+            app.send_task(tasknames.CLIP, args=[alert.id], countdown=s.clip_postroll_s + 2)
         if ev["event"] == "opened" and alert.ended_ms is None:
             reminder_s = rules.load(store, alert.device, s).reminder_s
             if reminder_s > 0:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from datetime import datetime, time
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -208,16 +209,27 @@ def load(store: Any, device: str | None, settings: Settings) -> RuleSet:
     The analyze worker calls this for every device in every batch, and with real-time devices
     (one frame per device per batch) the pydantic work was about 10 % of its CPU.
     """
-    stored = store.rule_set("")
-    override = None if device is None else store.rule_set(device)
-    key = (_settings_key(settings), _json_key(stored), _json_key(override))
-    found = _LOADED.get(key)
-    if found is None:
-        found = _load(stored, override, settings)
-        if len(_LOADED) >= _LOADED_MAX:
-            _LOADED.clear()
-        _LOADED[key] = found
-    return found
+    return load_many(store, [device], settings)[device]
+
+
+def load_many(store: Any, devices: Iterable[str | None], settings: Settings) -> dict[str | None, RuleSet]:
+    """``load`` for several devices, with one read of the stored sets for all of them."""
+    wanted = list(dict.fromkeys(devices))
+    sets = store.rule_sets(["", *(d for d in wanted if d is not None)])
+    stored = sets[""]
+    base = (_settings_key(settings), _json_key(stored))
+    out: dict[str | None, RuleSet] = {}
+    for device in wanted:
+        override = None if device is None else sets[device]
+        key = (*base, _json_key(override))
+        found = _LOADED.get(key)
+        if found is None:
+            found = _load(stored, override, settings)
+            if len(_LOADED) >= _LOADED_MAX:
+                _LOADED.clear()
+            _LOADED[key] = found
+        out[device] = found
+    return out
 
 
 #: (settings, stored defaults, device override) -> the effective RuleSet; RuleSets are only read

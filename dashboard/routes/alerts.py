@@ -99,10 +99,8 @@ async def acknowledge(alert_id: AlertId, request: Request, store: StoreDep, redi
 
 def send_notify(settings: Settings, alert_id: int, event_ids: list[int]) -> None:
     """What the analyze task does after a resolve (``workers.app.analyse_levels``): the events
-    to the notify queue, and the alert's whole clip to the recording queue after the post-roll."""
-    app = celery_app(settings)
-    app.send_task(tasknames.NOTIFY, args=[event_ids])
-    app.send_task(tasknames.CLIP, args=[alert_id], countdown=settings.clip_postroll_s + 2)
+    to the notify queue, which also has the alert's whole clip cut after the post-roll."""
+    celery_app(settings).send_task(tasknames.NOTIFY, args=[event_ids])
 
 
 @router.post("/alerts/{alert_id}/resolve")

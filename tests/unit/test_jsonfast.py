@@ -36,9 +36,9 @@ class _Store:
         self.sets: dict[str, dict] = {}
         self.reads = 0
 
-    def rule_set(self, scope: str) -> dict | None:
+    def rule_sets(self, scopes: list[str]) -> dict[str, dict | None]:
         self.reads += 1
-        return self.sets.get(scope)
+        return {scope: self.sets.get(scope) for scope in scopes}
 
 
 def test_rules_load_sees_every_edit_at_once() -> None:
@@ -54,7 +54,9 @@ def test_rules_load_sees_every_edit_at_once() -> None:
     del store.sets["dev"]
     assert rules.load(store, "dev", s).level.max_db == s.level_max_db
     assert rules.load(store, "dev", Settings(level_max_db=85)).level.max_db == 85
-    assert store.reads == 2 * 7  # the stored sets are read on every call
+    assert store.reads == 7  # the stored sets are read on every call
+    many = rules.load_many(store, ["dev", "other"], s)
+    assert store.reads == 8 and many["dev"] is rules.load(store, "dev", s)  # one read for all
 
 
 def test_rules_load_skips_an_override_that_no_longer_validates() -> None:
