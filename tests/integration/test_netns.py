@@ -53,9 +53,11 @@ MQTT_PORT, REDIS_PORT = 1883, 6379  # each namespace has its own ports: the defa
 FRAMES_PER_PHASE = 3000
 #: a preprocess task logs how many levels it handed to the store step
 SUCCEEDED = re.compile(r"Task soundmon\.preprocess\[[^\]]+\] succeeded in [\d.e-]+s: (\d+)")
-#: the smallest speed-up of the second host that counts: a second CPU gave 1.3-1.9x here;
-#: a ratio within one run, so a busy machine slows both phases alike
-MIN_SPEEDUP = 1.15
+#: the smallest speed-up of the second host that counts, a ratio within one run (a busy
+#: machine slows both phases alike). Measured 1.23-1.25x: with one preprocess process at
+#: ~10,000 frames/s, Redis and the workers' own Celery consumers, which share the same two
+#: CPUs, take what a real second machine would not
+MIN_SPEEDUP = 1.1
 
 
 def _ip(*args: str) -> None:
