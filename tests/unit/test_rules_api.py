@@ -362,3 +362,30 @@ def test_routing_by_rule_severity_and_event():
     assert route(alert, "reminder", channels) == ["live", "channel:1", "channel:3"]
     assert route(alert, "resolved", channels) == ["live", "mqtt", "channel:1", "channel:3",
                                                   "channel:5"]
+
+
+def test_run_analyses_analyses_every_device_of_a_batch_in_one_transaction(store):
+    """Two devices in one call: each gets its own alert, state and events, and a failing
+    analysis of one device rolls back the other's too (one transaction)."""
+    def levels(device: str, laeq: float) -> list[dict]:
+        return [{"device": device, "boot": 1, "seq": i, "idx": 0, "t_ms": T0 + 500 * i, "kind": 1,
+                 "rate": 8000, "n": 4000, "laeq": laeq, "dominant_hz": 250.0, "flags": 0}
+                for i in range(6)]
+
+    rules = RuleSet(level=LevelRule(window_s=0))
+    out = store.run_analyses({
+        d: (lambda h, s, o, d=d, lv=lv: analyse(d, levels(d, lv), h, s, o, rules, 0))
+        for d, lv in (("hall", 90.0), ("yard", 40.0))})
+    assert [a.kind for a in out["hall"].opened] == ["level_high"]
+    assert [a.kind for a in out["yard"].opened] == ["level_low"]
+    assert len(out["hall"].events) == len(out["yard"].events) == 1
+    assert {a.device for a in store.alerts(None, "open", 10)} == {"hall", "yard"}
+
+    def boom(h, s, o):
+        raise RuntimeError("analysis failed")
+
+    with pytest.raises(RuntimeError):
+        store.run_analyses({"cellar": lambda h, s, o: analyse("cellar", levels("cellar", 95.0), h, s,
+                                                              o, rules, 0),
+                            "attic": boom})
+    assert {a.device for a in store.alerts(None, "open", 10)} == {"hall", "yard"}  # cellar rolled back
