@@ -50,7 +50,8 @@ async def start_task(settings: Settings, redis: Any, name: str, args: list[Any],
     """
     app = celery_app(settings)
     try:
-        result = await asyncio.to_thread(app.send_task, name, args=args)
+        result = await asyncio.to_thread(app.send_task, name, args=args,
+                                         ignore_result=False)
     except Exception as exc:  # kombu raises its own OperationalError family
         raise HTTPException(503, f"the task queue is not reachable: {exc}") from exc
     await redis.set(KEY + result.id, json.dumps({"kind": kind}), ex=REMEMBER_S)

@@ -59,6 +59,9 @@ def test_frames_arrive_as_levels_with_the_right_values(stack: Stack) -> None:
         assert r.lzeq == pytest.approx(sent[r.seq] + k, abs=0.01)
         assert r.dominant_hz == pytest.approx(1000, abs=0.5)
         assert "nyquist_limited" in r.api()["flags"] and "uncalibrated" in r.api()["flags"]
+    # no sender subscribed to a task result it never reads (soundmon.celeryconf.SoundmonCelery):
+    # each such channel stayed in Redis for good, one more per batch
+    assert redis.Redis(port=stack.redis_port).pubsub_channels("celery-task-meta-*") == []
 
 
 def test_duplicates_are_stored_once(stack: Stack) -> None:
