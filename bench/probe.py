@@ -14,7 +14,6 @@ Both run as threads in the bench process (same clock as the load generator's: on
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 
@@ -22,6 +21,7 @@ import httpx
 import numpy as np
 import redis
 
+from soundmon import jsonfast
 from soundmon.events import CHANNEL
 
 
@@ -81,7 +81,7 @@ class Probe:
             if not msg:
                 continue
             now_ms = time.time() * 1000
-            event = json.loads(msg["data"])
+            event = jsonfast.loads(msg["data"])  # orjson: the probes share the bench's CPU
             if event.get("type") == "level":
                 for level in event["data"]:
                     self._record(self.stored, level, now_ms)
@@ -103,7 +103,7 @@ class Probe:
                         if line.startswith("event:"):
                             event = line[6:].strip()
                         elif line.startswith("data:") and event == "level":
-                            self._record(self.sse, json.loads(line[5:]), time.time() * 1000)
+                            self._record(self.sse, jsonfast.loads(line[5:]), time.time() * 1000)
             except httpx.ReadTimeout:
                 continue  # no event for a second: check the stop flag, reconnect
             except httpx.HTTPError:

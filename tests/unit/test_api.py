@@ -498,6 +498,36 @@ def test_hub_close_clients_ends_every_stream():
     assert asyncio.run(scenario()) == (None, None)
 
 
+def test_stream_writes_queued_events_together_and_pings_when_idle(tmp_path, monkeypatch):
+    """The stream's bytes: the snapshot, then every event queued by the time the client is
+    ready in one write (a batch of levels is one chunk), a ``: ping`` when idle, and the end
+    when the server closes the streams; the client's queue is gone afterwards."""
+    from dashboard.routes import stream as route
+
+    monkeypatch.setattr(route, "PING_S", 0.05)
+    store = SQLiteStore(tmp_path / "soundmon.db")
+    store.set_status("kitchen", {"state": "online"}, 1_000)
+
+    async def scenario() -> list[bytes]:
+        hub = EventHub(redis_client=None)
+        hub._ready.set()
+        gen = route._events(store, hub)
+        chunks = [await gen.__anext__()]  # the snapshot
+        hub.publish_local(json.dumps({"type": "level", "data": [{"seq": 1}, {"seq": 2}]}))
+        chunks.append(await gen.__anext__())
+        chunks.append(await gen.__anext__())  # nothing queued for PING_S
+        hub.close_clients()
+        chunks += [c async for c in gen]
+        assert hub.client_count == 0
+        return chunks
+
+    snapshot, levels, ping, *rest = asyncio.run(scenario())
+    assert snapshot.startswith(b": soundmon live events\nretry: 3000\n\nevent: device\ndata: {")
+    assert b'"id":"kitchen"' in snapshot
+    assert levels == b'event: level\ndata: {"seq":1}\n\nevent: level\ndata: {"seq":2}\n\n'
+    assert ping == b": ping\n\n" and rest == []
+
+
 def test_dashboard_command_refuses_to_start_without_token(monkeypatch, tmp_path):
     """`soundmon dashboard` exits with a clear message when SOUNDMON_API_TOKEN is unset."""
     monkeypatch.delenv("SOUNDMON_API_TOKEN", raising=False)
