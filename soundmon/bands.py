@@ -30,8 +30,14 @@ def band_centres_hz(rate_hz: float) -> tuple[float, ...]:
 
 def encode_bands(bands_db: np.ndarray) -> bytes:
     """Band levels in dB -> little-endian int16 centi-dB (0.01 dB steps, -327.68..327.67 dB)."""
+    return encode_bands_array(bands_db).tobytes()
+
+
+def encode_bands_array(bands_db: np.ndarray) -> np.ndarray:
+    """``encode_bands`` of many frames at once: the int16 array (last axis: the bands), whose
+    rows' ``tobytes()`` are each frame's blob."""
     cdb = np.clip(np.round(np.asarray(bands_db, dtype=float) * 100.0), -32768, 32767)
-    return cdb.astype("<i2").tobytes()
+    return cdb.astype("<i2")
 
 
 def decode_bands(blob: bytes | None) -> list[float] | None:

@@ -164,14 +164,19 @@ def window_laeq(window: list[list[float]], level: dict[str, Any], end: int, wind
         return float(laeq)
     window.append([level["t_ms"], duration_ms(level), laeq])
     start = end - window_s * 1000.0
-    window[:] = [w for w in window if w[0] + w[1] > start]
+    kept = []
     energy = weight = 0.0
-    for t, dur, value in window:
-        covered = min(t + dur, end) - max(t, start)
-        if covered <= 0:
+    for w in window:  # one pass: trim, and sum each level's part inside (this runs per level)
+        t, dur, value = w
+        stop = t + dur
+        if stop <= start:
             continue
-        energy += covered * 10.0 ** (value / 10.0)
-        weight += covered
+        kept.append(w)
+        covered = (stop if stop < end else end) - (t if t > start else start)
+        if covered > 0:
+            energy += covered * 10.0 ** (value / 10.0)
+            weight += covered
+    window[:] = kept
     if weight <= 0:
         return float(laeq)
     return 10.0 * math.log10(energy / weight)
@@ -249,16 +254,24 @@ def analyse(
     open_alerts: dict[str, Alert],
     bounds: Bounds | RuleSet,
     now_ms: int = 0,
+    *,
+    owned: bool = False,
 ) -> Outcome:
     """Run the rules over one device's new levels; ``state`` is what the last call returned.
 
     ``bounds`` is the device's effective rule set (``workers.rules``), or the settings'
-    ``Bounds``. ``open_alerts`` maps alert kind to the device's open alert.
+    ``Bounds``. ``open_alerts`` maps alert kind to the device's open alert. ``owned``: the
+    caller hands ``state`` over (the store decodes it afresh for each call), so it is
+    updated in place instead of copied first.
     """
     rules = bounds.rules() if isinstance(bounds, Bounds) else bounds
-    state = {k: (dict(v) if isinstance(v, dict) else v) for k, v in state.items()}
-    state["boots"] = {b: dict(v) for b, v in state.get("boots", {}).items()}
-    state["window"] = [list(w) for w in state.get("window", [])]
+    if not owned:
+        state = {k: (dict(v) if isinstance(v, dict) else v) for k, v in state.items()}
+        state["boots"] = {b: dict(v) for b, v in state.get("boots", {}).items()}
+        state["window"] = [list(w) for w in state.get("window", [])]
+    else:
+        state.setdefault("boots", {})
+        state.setdefault("window", [])
     rules_state: dict[str, dict[str, Any]] = state.setdefault("rules", {})
     for kind, st in rules_state.items():
         if st.get("alerting") and kind not in open_alerts:

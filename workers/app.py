@@ -165,7 +165,7 @@ def check_rules(store: Any, levels: list[dict[str, Any]]) -> list[int]:
     device_rules = rules.load_many(store, by_device, s)
     outcomes = store.run_analyses({
         device: (lambda hwm, st, open_, d=device, i=items, r=device_rules[device]: analyse(
-            d, i, hwm, st, open_, r, now_ms()))
+            d, i, hwm, st, open_, r, now_ms(), owned=True))
         for device, items in by_device.items()})
     alert_events: list[int] = []
     for outcome in outcomes.values():

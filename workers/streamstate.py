@@ -45,11 +45,23 @@ def load(client: redis.Redis, keys: Iterable[StateKey]) -> dict[StateKey, Stream
     return out
 
 
+#: SET key value EX ttl for every key of the call: one command for a batch's states. With
+#: real-time devices a batch holds one frame of each of ~50 devices, and 50 pipelined SETs
+#: cost the preprocess worker 2.4x the client CPU of this one call (0.55 against 0.23 ms a
+#: batch here; Redis's own CPU is the same).
+SAVE_SCRIPT = "for i, k in ipairs(KEYS) do redis.call('SET', k, ARGV[i + 1], 'EX', ARGV[1]) end"
+
+
 def save(client: redis.Redis, states: Mapping[StateKey, StreamState]) -> None:
     """Save each state under the key of the frame it follows, with a TTL."""
     if not states:
         return
-    pipe = client.pipeline(transaction=False)
-    for k, state in states.items():
-        pipe.set(key(k), jsonfast.dumps(state.to_json()), ex=STATE_TTL_S)
-    pipe.execute()
+    script = _scripts.get(id(client))
+    if script is None or script[0] is not client:
+        script = _scripts[id(client)] = (client, client.register_script(SAVE_SCRIPT))
+    script[1](keys=[key(k) for k in states],
+              args=[STATE_TTL_S, *(jsonfast.dumps(s.to_json()) for s in states.values())])
+
+
+#: the registered save script of each client (redis-py runs it by its SHA, loading it once)
+_scripts: dict[int, tuple[redis.Redis, object]] = {}

@@ -48,15 +48,15 @@ class _FakeRedis:
     def mget(self, keys):
         return [self.kv.get(k) for k in keys]
 
-    def pipeline(self, transaction: bool = True):
-        return self
+    def register_script(self, source):
+        from workers import streamstate
 
-    def set(self, key, value, ex=None):
-        self.kv[key] = value if isinstance(value, bytes) else str(value).encode()
-        return self
+        assert source == streamstate.SAVE_SCRIPT  # SET each key to its value, with the TTL
 
-    def execute(self):
-        return []
+        def run(keys, args):
+            for k, v in zip(keys, args[1:], strict=True):
+                self.kv[k] = v if isinstance(v, bytes) else str(v).encode()
+        return run
 
     def publish(self, channel, message):
         return 0

@@ -179,3 +179,19 @@ def test_export_alerts_overlapping_the_range(client, store):
     r = client.get("/api/export/alerts", headers=AUTH, params={"start": T0, "end": T0 + 1})
     assert r.text.splitlines()[0].startswith("id,device,")
     assert client.get("/api/export/alerts", headers=AUTH, params={"format": "xml"}).status_code == 422
+
+
+def test_touch_devices_registers_new_devices_and_keeps_the_newest_level(tmp_path) -> None:
+    """One upsert per device: a device seen first is registered with its level and rate; a
+    late batch (an older level) moves last_seen on but leaves the newer level in place."""
+    s = SQLiteStore(tmp_path / "soundmon.db")
+    s.touch_devices([row(5, T0 + 5000, 70.0, device="a"), row(1, T0 + 1000, 50.0, device="b")])
+    a = s.device("a")
+    assert a is not None and a["rate"] == 8000 and a["laeq"] == 70.0
+    seen_before = s.device("a")["last_seen"]
+    s.touch_devices([row(3, T0 + 3000, 40.0, device="a")])  # older than what a has: ignored
+    a = s.device("a")
+    assert a["laeq"] == 70.0 and a["last_seen"] >= seen_before
+    s.touch_devices([row(9, T0 + 9000, 65.0, device="a")])
+    assert s.device("a")["laeq"] == 65.0 and s.device("b")["laeq"] == 50.0
+    assert sorted(d["id"] for d in s.devices()) == ["a", "b"]

@@ -332,14 +332,13 @@ def test_stream_states_round_trip_through_redis_keys():
         def mget(self, keys):
             return [self.data.get(k) for k in keys]
 
-        def pipeline(self, transaction=False):
-            return self
+        def register_script(self, source):
+            assert source == streamstate.SAVE_SCRIPT  # what the script does, the fake does
 
-        def set(self, key, value, ex=None):
-            self.data[key], self.ttl[key] = value, ex
-
-        def execute(self):
-            return []
+            def run(keys, args):
+                for k, v in zip(keys, args[1:], strict=True):
+                    self.data[k], self.ttl[k] = v, args[0]
+            return run
 
     r = FakeRedis()
     _, st = dsp.analyse_stream(_sine(300, 4000), RATE)
