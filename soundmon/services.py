@@ -91,7 +91,7 @@ def redis_conf(port: int, data_dir: Path | str, bind: str = "127.0.0.1") -> str:
     The gateway acknowledges frames to MQTT once Redis took their batch, so Redis must not
     lose what it acknowledged: ``appendfsync always`` instead of the usual ``everysec``
     (which can lose the last second on a crash). Frames travel in batches, so this costs one
-    fsync per batch of up to 64 frames; measured with bench/throughput.py it is a few percent.
+    fsync per batch of up to 512 frames; measured with bench/throughput.py it is a few percent.
     """
     # Protected mode refuses every non-loopback client of a password-less Redis; on a
     # container network (compose) the clients are remote, so it is off there and Redis is

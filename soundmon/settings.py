@@ -48,7 +48,7 @@ class Settings(BaseSettings):
     # Gateway
     gateway_id: str = "gw1"
     share_group: str | None = None
-    batch_max_frames: int = Field(64, ge=1, le=10_000)
+    batch_max_frames: int = Field(512, ge=1, le=10_000)
     batch_max_wait_ms: int = Field(25, ge=0, le=10_000)
     # MQTT v5 receive maximum: unacknowledged frames the broker may have in flight to us.
     # It bounds a batch from above, so it must exceed batch_max_frames comfortably.
