@@ -24,6 +24,7 @@ Errors: ``RecordingError`` (a bad span or time; also a ValueError).
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import os
@@ -311,47 +312,74 @@ class Recording:
             "SELECT device FROM frames WHERE spool IS NOT NULL GROUP BY device "
             "HAVING min(t_ms) <= ?", (now if force else cutoff,))]
         for device in devices:
-            with self._tx() as db:  # the write lock: no appends, no other flush meanwhile
-                rows = db.execute(
-                    'SELECT boot, seq, t_ms, rate, n, spool, "offset" FROM frames WHERE device=? '
-                    "AND spool IS NOT NULL ORDER BY t_ms, boot, seq", (device,)).fetchall()
-                spools: dict[str, bytes] = {}
-                for run in _rate_runs(rows):
-                    first = run[0]
-                    name = (f"{iso(first['t_ms']).replace(':', '').replace('-', '')}-"
-                            f"{first['boot']}-{first['seq']}.flac")
-                    path = self.dir / device / name
-                    for r in run:  # each spool file read once, then sliced
-                        if r["spool"] not in spools:
-                            spools[r["spool"]] = (self.dir / r["spool"]).read_bytes()
-                    samples = np.concatenate([np.frombuffer(spools[r["spool"]], dtype="<i2",
-                                                            count=r["n"], offset=r["offset"])
-                                              for r in run])
-                    soundfile.write(path, samples, first["rate"], format="FLAC", subtype=SUBTYPE,
-                                    compression_level=FLAC_LEVEL)
-                    last = run[-1]
-                    end = int(last["t_ms"] + duration_ms(last["rate"], last["n"]))
-                    cur = db.execute(
-                        "INSERT INTO segments (device, path, start_ms, end_ms, rate, frames, "
-                        "bytes) VALUES (?,?,?,?,?,?,?)",
-                        (device, str(path.relative_to(self.dir)), first["t_ms"], end,
-                         first["rate"], len(run), path.stat().st_size))
-                    offset = 0
-                    updates = []
-                    for r in run:
-                        updates.append((cur.lastrowid, offset, device, r["boot"], r["seq"]))
-                        offset += r["n"]
-                    db.executemany('UPDATE frames SET segment=?, "offset"=?, spool=NULL '
-                                   "WHERE device=? AND boot=? AND seq=?", updates)
-                    made.append({"device": device, "path": str(path), "start_ms": first["t_ms"],
-                                 "end_ms": end, "frames": len(run)})
-                gen = _spool_gen(db, device) + 1  # later appends go to a new spool file
-                db.execute("INSERT INTO spools VALUES (?, ?) ON CONFLICT(device) DO UPDATE SET "
-                           "gen=excluded.gen", (device, gen))
-            for old in (self.dir / device).glob("spool-*.pcm"):
-                if old.name != _spool_name(device, gen).split("/")[1]:
-                    old.unlink(missing_ok=True)  # every frame in it is in a segment now
+            with self._flush_lock():  # one flush at a time (upkeep runs could overlap)
+                made += self._flush_device(device, soundfile)
         return made
+
+    def _flush_device(self, device: str, soundfile: Any) -> list[dict[str, Any]]:
+        """Rotate one device's staged frames. The index's write lock, which every batch's
+        ``record`` needs too, is held only to pick the frames (and send later appends to a
+        new spool file) and to point them at their segments: not while the spool is read and
+        the FLAC encoded. Held throughout, a rotation of ~1,000 devices every 5 minutes
+        stalled the store step for seconds (p99 publish -> stored 6 s at 1,000 real-time
+        devices)."""
+        with self._tx() as db:
+            rows = db.execute(
+                'SELECT boot, seq, t_ms, rate, n, spool, "offset" FROM frames WHERE device=? '
+                "AND spool IS NOT NULL ORDER BY t_ms, boot, seq", (device,)).fetchall()
+            gen = _spool_gen(db, device) + 1  # appends from now on go to a new spool file
+            db.execute("INSERT INTO spools VALUES (?, ?) ON CONFLICT(device) DO UPDATE SET "
+                       "gen=excluded.gen", (device, gen))
+        spools: dict[str, bytes] = {}
+        encoded = []
+        for run in _rate_runs(rows):
+            first = run[0]
+            name = (f"{iso(first['t_ms']).replace(':', '').replace('-', '')}-"
+                    f"{first['boot']}-{first['seq']}.flac")
+            path = self.dir / device / name
+            for r in run:  # each spool file read once, then sliced
+                if r["spool"] not in spools:
+                    spools[r["spool"]] = (self.dir / r["spool"]).read_bytes()
+            samples = np.concatenate([np.frombuffer(spools[r["spool"]], dtype="<i2",
+                                                    count=r["n"], offset=r["offset"])
+                                      for r in run])
+            soundfile.write(path, samples, first["rate"], format="FLAC", subtype=SUBTYPE,
+                            compression_level=FLAC_LEVEL)
+            encoded.append((run, path))
+        made = []
+        with self._tx() as db:
+            for run, path in encoded:
+                first, last = run[0], run[-1]
+                end = int(last["t_ms"] + duration_ms(last["rate"], last["n"]))
+                cur = db.execute(
+                    "INSERT INTO segments (device, path, start_ms, end_ms, rate, frames, "
+                    "bytes) VALUES (?,?,?,?,?,?,?)",
+                    (device, str(path.relative_to(self.dir)), first["t_ms"], end,
+                     first["rate"], len(run), path.stat().st_size))
+                offset = 0
+                updates = []
+                for r in run:
+                    updates.append((cur.lastrowid, offset, device, r["boot"], r["seq"]))
+                    offset += r["n"]
+                db.executemany('UPDATE frames SET segment=?, "offset"=?, spool=NULL '
+                               "WHERE device=? AND boot=? AND seq=?", updates)
+                made.append({"device": device, "path": str(path), "start_ms": first["t_ms"],
+                             "end_ms": end, "frames": len(run)})
+        keep = _spool_name(device, gen).split("/")[1]
+        for old in (self.dir / device).glob("spool-*.pcm"):
+            if old.name != keep:
+                old.unlink(missing_ok=True)  # every frame in it is in a segment now
+        return made
+
+    @contextmanager
+    def _flush_lock(self) -> Iterator[None]:
+        """An exclusive lock on ``recordings/.flush.lock`` (released if the process dies)."""
+        with open(self.dir / ".flush.lock", "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
 
     def _spooled(self, rel: str, offset: int, n: int) -> np.ndarray:
         with open(self.dir / rel, "rb") as fh:

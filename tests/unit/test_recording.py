@@ -76,6 +76,32 @@ def test_rotation_waits_for_a_segment_of_audio(tmp_path: Path) -> None:
     assert len(rec.flush(segment_s=300, now=T0 + 301_000)) == 1
 
 
+def test_frames_are_staged_while_a_rotation_encodes(tmp_path: Path, monkeypatch) -> None:
+    """The index's write lock is free while a rotation reads its spool and encodes FLAC, so
+    the store step's appends never wait for it: a batch staged in the middle of the encoding
+    lands in the new spool file, and the next rotation takes it."""
+    rec, live = Recording(tmp_path), Recording(tmp_path)  # the upkeep, and a store step
+    first, during = _batch("kitchen", range(4)), _batch("kitchen", range(4, 6), seed=1)
+    rec.record(first)
+    encode = soundfile.write
+    staged = []
+
+    def write_while_staging(*args, **kw):
+        staged.append(live.record(during))  # would wait for the lock if the flush held it
+        return encode(*args, **kw)
+
+    monkeypatch.setattr(soundfile, "write", write_while_staging)
+    live._db().execute("PRAGMA busy_timeout=0")  # waiting would be an error, not a delay
+    made = rec.flush(force=True)
+    assert staged == [2] and [m["frames"] for m in made] == [4]
+    monkeypatch.setattr(soundfile, "write", encode)
+    assert [m["frames"] for m in rec.flush(force=True)] == [2]
+    span = rec.read("kitchen", T0, T0 + 3000)
+    np.testing.assert_array_equal(span.samples, np.r_[_samples(first), _samples(during)])
+    assert span.gaps == []
+    assert list((tmp_path / "recordings" / "kitchen").glob("spool-*.pcm")) == []  # all in FLAC
+
+
 def test_a_device_switched_off_is_not_recorded(tmp_path: Path) -> None:
     """Recording off for one device keeps nothing of it; the default covers the others."""
     rec = Recording(tmp_path, default_enabled=True)
