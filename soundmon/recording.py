@@ -61,6 +61,9 @@ CREATE TABLE IF NOT EXISTS frames (
 );
 CREATE INDEX IF NOT EXISTS frames_by_time ON frames (device, t_ms);
 CREATE INDEX IF NOT EXISTS frames_by_segment ON frames (segment);
+-- the staged frames only: rotation finds them without scanning a device's whole history
+-- (two rows a second per device, kept as long as their segments)
+CREATE INDEX IF NOT EXISTS frames_staged ON frames (device, t_ms) WHERE spool IS NOT NULL;
 CREATE TABLE IF NOT EXISTS segments (
     id INTEGER PRIMARY KEY, device TEXT NOT NULL, path TEXT NOT NULL,
     start_ms INTEGER NOT NULL, end_ms INTEGER NOT NULL, rate INTEGER NOT NULL,
