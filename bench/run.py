@@ -321,6 +321,8 @@ def cpu_ms_per_frame(cpu_s: dict[str, float], frames: int) -> dict[str, float]:
 
 def run(plan: Plan) -> dict:
     started = datetime.now(UTC)
+    # before anything starts: load left by something else (the bench's own load shows at the end)
+    load_at_start = [round(x, 2) for x in os.getloadavg()]
     plan.results_dir.mkdir(parents=True, exist_ok=True)
     profile_dir = plan.results_dir if plan.profile else None
     # one pool of device accounts for every phase (the broker loads it at start)
@@ -373,6 +375,7 @@ def run(plan: Plan) -> dict:
                    "latency": lat, "scale": sm["scale"]},
         "elapsed_s": round((datetime.now(UTC) - started).total_seconds(), 1),
     }
+    result["machine"]["loadavg_at_start"] = load_at_start
     result["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     result["targets"] = report.targets(result)
     report.write(result, plan.results_dir, plan.docs_dir)

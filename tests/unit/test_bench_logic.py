@@ -45,3 +45,17 @@ def test_targets_are_judged_on_the_run_figures():
     assert t["ratio_ceiling"]["met"] and t["latency_p99_ms"]["met"]
     assert not t["ratio_naive"]["met"] and not t["max_devices"]["met"]
     assert not report.targets({"latency_ms": {}})["latency_p99_ms"]["met"]
+
+
+def test_the_busy_warning_looks_at_the_load_before_the_run_only():
+    """The load average at the end of a run is mostly the bench's own: only the one taken
+    before anything started says whether something else was using the machine."""
+    import json
+    from pathlib import Path
+
+    result = json.loads((Path(__file__).parents[2] / "bench" / "results" / "2026-12-06.json")
+                        .read_text())
+    result["machine"].update(cpus=2, loadavg_at_start=[0.3, 0.5, 0.6], loadavg_at_end=[3.9, 3.0, 2.0])
+    assert "The machine was busy" not in report.markdown(result, None)
+    result["machine"]["loadavg_at_start"] = [2.5, 1.0, 0.5]
+    assert "The machine was busy" in report.markdown(result, None)
