@@ -126,28 +126,7 @@ class Store(Protocol):
 
     def insert_levels(self, rows: Sequence[LevelRow]) -> int: ...
     def levels(self, device: str, start_ms: int, end_ms: int, limit: int) -> list[LevelRow]: ...
-    def touch_devices(self, latest: Iterable[LevelRow]) -> None:
-        """Record the newest level of each device (for the device list) and its last-seen time.
-
-        One upsert per device (registering a device seen for the first time); the level
-        columns only move forward in time (a late batch leaves a newer level in place).
-        """
-        seen = now_ms()
-        newer = "coalesce(devices.last_t_ms, -1) <= excluded.last_t_ms"
-        level_cols = ("last_t_ms", "dbfs", "lzeq", "laeq", "dominant_hz", "flags")
-        with self._conn() as db, _transaction(db):
-            db.executemany(
-                "INSERT INTO devices (id, created_ms, last_seen_ms, rate, "
-                f"{', '.join(level_cols)}) VALUES (?,?,?,?,?,?,?,?,?,?) "
-                "ON CONFLICT(id) DO UPDATE SET "
-                "last_seen_ms=max(coalesce(devices.last_seen_ms, 0), excluded.last_seen_ms), "
-                "rate=coalesce(devices.rate, excluded.rate), "
-                + ", ".join(f"{c}=CASE WHEN {newer} THEN excluded.{c} ELSE devices.{c} END"
-                            for c in level_cols),
-                [(r.device, seen, seen, r.rate if r.kind == 1 else None, r.t_ms, r.dbfs, r.lzeq,
-                  r.laeq, r.dominant_hz, r.flags) for r in latest],
-            )
-
+    def touch_devices(self, latest: Iterable[LevelRow]) -> None: ...
     def set_status(self, device: str, status: dict[str, Any], recv_ms: int) -> None: ...
     def devices(self) -> list[dict[str, Any]]: ...
     def device(self, device: str) -> dict[str, Any] | None: ...
