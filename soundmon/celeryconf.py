@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
+from celery.backends.redis import RedisBackend
 
 from soundmon import tasknames
 from soundmon.settings import Settings
@@ -124,7 +125,31 @@ class SoundmonCelery(Celery):
         return super().send_task(name, *args, **options)
 
 
+class PolledRedisBackend(RedisBackend):
+    """Celery's Redis result backend, without the subscription when a task is sent.
+
+    A sender that asks for a result (``ignore_result=False``: the dashboard's long tasks) is
+    subscribed by the stock backend to the task's result channel at once, in case it waits
+    on ``get()``. Nothing in soundmon waits: ``GET /api/tasks/{id}`` reads the result's key.
+    The subscription was only a cost, and with Celery 5.6 a hazard: when the result object is
+    garbage-collected after Redis went away, unsubscribing retried for 20 s in whichever thread
+    ran the collector, then raised. ``get()`` still works: it subscribes when it is called.
+    """
+
+    def __init__(self, app: Celery, url: str | None = None, **kwargs: Any) -> None:
+        # given as the app's backend class, it gets no URL: the configured one is meant
+        super().__init__(app=app, url=url or app.conf.result_backend, **kwargs)
+
+    def on_task_call(self, producer: Any, task_id: str) -> None:
+        pass
+
+
 def make_celery(settings: Settings, main: str = "soundmon") -> Celery:
+    config = celery_config(settings)
+    redis_results = config["result_backend"].startswith(("redis://", "rediss://", "unix://"))
     app = SoundmonCelery(main)
-    app.conf.update(celery_config(settings))
+    if redis_results:
+        # Celery's hook for the backend class, by name (its URL parser takes no class)
+        app.backend_cls = f"{__name__}:{PolledRedisBackend.__name__}"
+    app.conf.update(config)
     return app
