@@ -16,9 +16,9 @@ from soundmon import __version__
 COMMANDS = {
     "up": "soundmon.up:up_command",
     "gateway": "gateway.service:gateway_command",
-    "worker": "workers.app:worker_command",
+    "worker": "workers.command:worker_command",
     "dashboard": "dashboard.server:dashboard_command",
-    "flower": "workers.app:flower_command",
+    "flower": "workers.command:flower_command",
     "simulate": "soundmon.simulate:simulate_command",
     "service-config": "soundmon.services:service_config_command",
     "provision": "soundmon.provision:provision_command",

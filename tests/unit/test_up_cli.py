@@ -32,3 +32,16 @@ def test_api_token_is_generated_once_and_kept(monkeypatch, tmp_path):
     assert (tmp_path / "api-token").stat().st_mode & 0o777 == 0o600
     monkeypatch.setenv("SOUNDMON_API_TOKEN", "from-env")
     assert up.api_token(tmp_path) == "from-env"
+
+
+def test_the_worker_command_execs_celery_without_importing_the_app_first():
+    """`soundmon worker` replaces itself with `celery -A workers.app`: importing the app
+    before the exec (scipy, numba, Celery) would double a worker's start."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from soundmon.cli import main; cmd = main.get_command(None, 'worker');"
+            "cmd.main(['--help'], standalone_mode=False); print('workers.app' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().endswith("False"), out.stdout
