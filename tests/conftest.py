@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -44,38 +46,52 @@ def wait_until(predicate, timeout: float = 30.0, interval: float = 0.1, what: st
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last: {value!r})")
 
 
-@pytest.fixture
-def mosquitto(tmp_path: Path) -> Iterator[int]:
-    """A real mosquitto with soundmon's configuration on a free port."""
+@contextmanager
+def running_mosquitto(directory: Path) -> Iterator[int]:
+    """A real mosquitto with soundmon's configuration on a free port, files in ``directory``."""
     binary = find_binary(MOSQUITTO_CANDIDATES)
     if binary is None:
         pytest.fail("mosquitto is not installed: run `make install`")
     port = free_port()
-    conf = prepare_mosquitto(tmp_path, port)
+    conf = prepare_mosquitto(directory, port)
     p = Process("mosquitto", [binary, "-c", str(conf)], dict(os.environ),
-                tmp_path / "logs" / "mosquitto.log").start()
+                directory / "logs" / "mosquitto.log").start()
     try:
         wait_port(port, proc=p.proc)
         yield port
     finally:
         p.stop()
+
+
+@contextmanager
+def running_redis(directory: Path) -> Iterator[int]:
+    """A real redis-server with soundmon's configuration on a free port, files in ``directory``."""
+    binary = find_binary(REDIS_CANDIDATES)
+    if binary is None:
+        pytest.fail("redis-server is not installed: run `make install`")
+    port = free_port()
+    conf = prepare_redis(directory, port)
+    p = Process("redis", [binary, str(conf)], dict(os.environ),
+                directory / "logs" / "redis.log").start()
+    try:
+        wait_port(port, proc=p.proc)
+        yield port
+    finally:
+        p.stop()
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[int]:
+    """A real mosquitto with soundmon's configuration on a free port."""
+    with running_mosquitto(tmp_path) as port:
+        yield port
 
 
 @pytest.fixture
 def redis_port(tmp_path: Path) -> Iterator[int]:
     """A real redis-server with soundmon's configuration on a free port."""
-    binary = find_binary(REDIS_CANDIDATES)
-    if binary is None:
-        pytest.fail("redis-server is not installed: run `make install`")
-    port = free_port()
-    conf = prepare_redis(tmp_path, port)
-    p = Process("redis", [binary, str(conf)], dict(os.environ),
-                tmp_path / "logs" / "redis.log").start()
-    try:
-        wait_port(port, proc=p.proc)
+    with running_redis(tmp_path) as port:
         yield port
-    finally:
-        p.stop()
 
 
 class Stack:
@@ -221,10 +237,10 @@ def influx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[InfluxD, 
         server.stop()
 
 
-@pytest.fixture
-def influx_db(influx: tuple[InfluxD, V2WriteProxy]) -> Iterator[InfluxConfig]:
-    """A store configuration with databases of this test's own (raw and 1-minute, retention
-    forever: test data is from 2026), dropped afterwards, so no test sees another's levels."""
+@contextmanager
+def influx_database(influx: tuple[InfluxD, V2WriteProxy]) -> Iterator[InfluxConfig]:
+    """A store configuration with databases of its own (raw and 1-minute, retention forever:
+    test data is from 2026), dropped afterwards, so no test sees another's levels."""
     from soundmon.influxstore import InfluxConfig
 
     server, proxy = influx
@@ -237,6 +253,13 @@ def influx_db(influx: tuple[InfluxD, V2WriteProxy]) -> Iterator[InfluxConfig]:
     finally:
         server.query(f'DROP DATABASE "{name}"')
         server.query(f'DROP DATABASE "{name}_1m"')
+
+
+@pytest.fixture
+def influx_db(influx: tuple[InfluxD, V2WriteProxy]) -> Iterator[InfluxConfig]:
+    """InfluxDB databases of this test's own (``influx_database``)."""
+    with influx_database(influx) as config:
+        yield config
 
 
 def influx_env(config: InfluxConfig) -> dict[str, str]:
@@ -282,3 +305,35 @@ def stack(request: pytest.FixtureRequest, tmp_path: Path, mosquitto: int,
         s.stop()
         # shown by pytest only when the test failed
         request.node.add_report_section("teardown", "service logs", s.logs())
+
+
+@contextmanager
+def stack_of_its_own(request: pytest.FixtureRequest, directory: Path, broker: str,
+                     store: str) -> Iterator[Stack]:
+    """A whole pipeline for a module's tests to share: its own mosquitto and redis-server, the
+    ``broker`` ("redis" or "rabbitmq") and the ``store`` ("sqlite" or "influxdb", a database
+    of its own). Its tests use devices of their own and count in differences, since the
+    gateway's counters and the store outlive each test."""
+    with running_mosquitto(directory / "mosquitto") as mqtt_port, \
+            running_redis(directory / "redis") as redis_port:
+        if broker == "rabbitmq":
+            node: RabbitMQ = request.getfixturevalue("rabbitmq")
+            node.reset()
+            url = node.url
+        else:
+            assert broker == "redis", broker
+            url = f"redis://127.0.0.1:{redis_port}/0"
+        with contextlib.ExitStack() as cleanup:
+            env = {"SOUNDMON_STORE": "sqlite"}
+            if store == "influxdb":
+                env = influx_env(cleanup.enter_context(
+                    influx_database(request.getfixturevalue("influx"))))
+            else:
+                assert store == "sqlite", store
+            s = Stack(directory, mqtt_port, redis_port, SOUNDMON_VISIBILITY_TIMEOUT_S="8",
+                      SOUNDMON_BROKER_URL=url, **env)
+            s.start()
+            try:
+                yield s
+            finally:
+                s.stop()

@@ -9,21 +9,48 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
 from soundmon.events import GATEWAY_STATS_KEY
-from tests.conftest import BOTH_BROKERS, BOTH_STORES, Stack, wait_until
+from tests.conftest import BOTH_BROKERS, BOTH_STORES, Stack, stack_of_its_own, wait_until
 from tests.helpers import Publisher, dbfs_by_hand, hand_frame, sine
 
 # every test runs on Redis and on RabbitMQ as the Celery broker, each with both level stores:
-# the full cross product (2 x 2). Measured on this 2-core machine, quiet: 109 s for the 10 runs
-# on SQLite, 223 s for the 20 (each run is mostly the stack's start and stop, ~10 s), so the
-# cross product adds under 2 minutes; pairing (tests/conftest.py BROKER_STORE_PAIRS) is the
-# fallback if that grows.
+# the full cross product (2 x 2). The tests of one combination share one pipeline (starting and
+# stopping one takes ~10 s of this 2-core machine, more than most tests here), so each uses
+# devices of its own and reads the gateway's counters as differences.
 pytestmark = [pytest.mark.integration, BOTH_BROKERS, BOTH_STORES]
+
+
+@pytest.fixture(scope="module")
+def celery_broker(request: pytest.FixtureRequest) -> str:
+    return getattr(request, "param", "redis")
+
+
+@pytest.fixture(scope="module")
+def level_store(request: pytest.FixtureRequest) -> str:
+    return getattr(request, "param", "sqlite")
+
+
+@pytest.fixture(scope="module")
+def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+          celery_broker: str, level_store: str) -> Iterator[Stack]:
+    """One pipeline per (broker, store) for this module's tests."""
+    directory = tmp_path_factory.mktemp(f"pipeline-{celery_broker}-{level_store}")
+    with stack_of_its_own(request, directory, celery_broker, level_store) as s:
+        yield s
+
+
+@pytest.fixture(autouse=True)
+def _service_logs(request: pytest.FixtureRequest, stack: Stack) -> Iterator[None]:
+    yield
+    # shown by pytest only when the test failed
+    request.node.add_report_section("teardown", "service logs", stack.logs())
+
 
 RATE = 8000
 N = 4000  # 500 ms frames
@@ -66,6 +93,7 @@ def test_frames_arrive_as_levels_with_the_right_values(stack: Stack) -> None:
 
 def test_duplicates_are_stored_once(stack: Stack) -> None:
     """The same (device, boot, seq) published three times is stored once and counted."""
+    duplicates = _stats(stack).get("duplicates", 0)
     pub = Publisher(stack.mqtt_port)
     frame = hand_frame(5, 1234, int(time.time() * 1000), RATE, sine(440, 3000, RATE, N))
     for _ in range(3):
@@ -75,7 +103,7 @@ def test_duplicates_are_stored_once(stack: Stack) -> None:
     pub.close()
     store = stack.store()
     wait_until(lambda: store.count_levels("dup-dev") == 2, what="2 stored levels")
-    wait_until(lambda: _stats(stack).get("duplicates", 0) >= 2, timeout=10,
+    wait_until(lambda: _stats(stack).get("duplicates", 0) == duplicates + 2, timeout=10,
                what="the gateway's duplicate counter")
     time.sleep(1.0)
     assert store.count_levels("dup-dev") == 2
@@ -83,6 +111,7 @@ def test_duplicates_are_stored_once(stack: Stack) -> None:
 
 def test_malformed_frames_are_counted_and_nothing_else_is_lost(stack: Stack) -> None:
     """Every malformed case of protocol.md is rejected with its reason; good frames all arrive."""
+    before, stored = _stats(stack), stack.store().count_levels()
     pub = Publisher(stack.mqtt_port)
     t0 = int(time.time() * 1000)
     good = [hand_frame(s, 9, t0 + s * 500, RATE, sine(250, 2000, RATE, N)) for s in range(6)]
@@ -107,13 +136,18 @@ def test_malformed_frames_are_counted_and_nothing_else_is_lost(stack: Stack) -> 
     pub.close()
     store = stack.store()
     wait_until(lambda: store.count_levels("mixed") == 6, what="the 6 good frames")
-    stats = wait_until(lambda: (s := _stats(stack)).get("rejected", 0) >= 9 and s, timeout=10,
+    def rejected() -> dict[str, int]:
+        return {k: v - before.get(k, 0) for k, v in _stats(stack).items()
+                if k.startswith("rejected") and v != before.get(k, 0)}
+
+    stats = wait_until(lambda: (s := rejected()).get("rejected", 0) >= 9 and s, timeout=10,
                        what="rejection counters")
     for reason in bad:
         assert stats.get(f"rejected:{reason}") == 1, (reason, stats)
     assert stats["rejected:bad_device_id"] == 1
     assert stats["rejected:bad_status"] == 1
-    assert store.count_levels() == 6
+    assert stats["rejected"] == 9, stats
+    assert store.count_levels() == stored + 6
 
 
 def test_status_messages_maintain_the_device_registry(stack: Stack) -> None:
