@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psutil
@@ -207,8 +208,17 @@ class System:
         return {name: p.pid for name, p in self.procs.items() if p.pid}
 
     def stop(self) -> None:
-        for p in reversed(list(self.procs.values())):
-            p.stop()
+        """The gateways, workers and dashboard together (each drains for a few seconds on
+        SIGTERM, one after another that was most of a quick run's phase change), then the
+        brokers they were draining to."""
+        brokers = ("redis", "mosquitto")
+        apps = [p for name, p in self.procs.items() if name not in brokers]
+        if apps:
+            with ThreadPoolExecutor(len(apps)) as pool:
+                list(pool.map(lambda p: p.stop(), apps))
+        for name in brokers:
+            if name in self.procs:
+                self.procs[name].stop()
 
 
 def wait_log(p: Process, seconds: float) -> None:

@@ -65,7 +65,7 @@ class Plan:
     @classmethod
     def quick(cls, **kw: object) -> Plan:
         base = dict(mode="quick", devices=4, ceiling_frames=500, naive_frames=40,
-                    soundmon_frames=250, latency_s=5.0, scale_hold_s=5.0, scale_steps=1,
+                    soundmon_frames=250, latency_s=3.0, scale_hold_s=3.0, scale_steps=1,
                     scale_max=400, warmup_frames=2, extra_workers=False)
         base.update(kw)
         return cls(**base)  # type: ignore[arg-type]
