@@ -202,16 +202,21 @@ def rabbitmq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMQ]:
         node.stop()
 
 
-@pytest.fixture
-def celery_broker(request: pytest.FixtureRequest, redis_port: int) -> str:
-    """The stack's Celery broker URL: Redis, or RabbitMQ when parametrized (indirect) so."""
-    kind = getattr(request, "param", "redis")
+def broker_url(request: pytest.FixtureRequest, kind: str, redis_port: int) -> str:
+    """The Celery broker URL of ``kind``: the Redis on ``redis_port``, or the session's RabbitMQ
+    node, reset to empty queues."""
     if kind == "rabbitmq":
         node: RabbitMQ = request.getfixturevalue("rabbitmq")
         node.reset()
         return node.url
     assert kind == "redis", kind
     return f"redis://127.0.0.1:{redis_port}/0"
+
+
+@pytest.fixture
+def celery_broker(request: pytest.FixtureRequest, redis_port: int) -> str:
+    """The stack's Celery broker URL: Redis, or RabbitMQ when parametrized (indirect) so."""
+    return broker_url(request, getattr(request, "param", "redis"), redis_port)
 
 
 #: parametrize a module's tests over both Celery brokers: ``pytestmark = [..., BOTH_BROKERS]``
@@ -316,13 +321,7 @@ def stack_of_its_own(request: pytest.FixtureRequest, directory: Path, broker: st
     gateway's counters and the store outlive each test."""
     with running_mosquitto(directory / "mosquitto") as mqtt_port, \
             running_redis(directory / "redis") as redis_port:
-        if broker == "rabbitmq":
-            node: RabbitMQ = request.getfixturevalue("rabbitmq")
-            node.reset()
-            url = node.url
-        else:
-            assert broker == "redis", broker
-            url = f"redis://127.0.0.1:{redis_port}/0"
+        url = broker_url(request, broker, redis_port)
         with contextlib.ExitStack() as cleanup:
             env = {"SOUNDMON_STORE": "sqlite"}
             if store == "influxdb":
