@@ -174,6 +174,17 @@ class Stack:
             self._store = open_store(self.settings())
         return self._store
 
+    def __enter__(self) -> Stack:
+        try:
+            self.start()
+        except BaseException:  # a part that never got ready: stop the ones that did
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def stop(self) -> None:
         # all at once: each drains on SIGTERM for a few seconds, and one after another that
         # was about 5 s of every test that uses a stack
@@ -303,11 +314,10 @@ def stack(request: pytest.FixtureRequest, tmp_path: Path, mosquitto: int,
     the ``level_store``; ``stack.store()`` reads what the workers stored."""
     s = Stack(tmp_path, mosquitto, redis_port, SOUNDMON_VISIBILITY_TIMEOUT_S="8",
               SOUNDMON_BROKER_URL=celery_broker, **level_store)
-    s.start()
     try:
-        yield s
+        with s:
+            yield s
     finally:
-        s.stop()
         # shown by pytest only when the test failed
         request.node.add_report_section("teardown", "service logs", s.logs())
 
@@ -329,10 +339,6 @@ def stack_of_its_own(request: pytest.FixtureRequest, directory: Path, broker: st
                     influx_database(request.getfixturevalue("influx"))))
             else:
                 assert store == "sqlite", store
-            s = Stack(directory, mqtt_port, redis_port, SOUNDMON_VISIBILITY_TIMEOUT_S="8",
-                      SOUNDMON_BROKER_URL=url, **env)
-            s.start()
-            try:
+            with Stack(directory, mqtt_port, redis_port, SOUNDMON_VISIBILITY_TIMEOUT_S="8",
+                       SOUNDMON_BROKER_URL=url, **env) as s:
                 yield s
-            finally:
-                s.stop()
